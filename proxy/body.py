@@ -1,0 +1,97 @@
+"""Request body intake: the payload hash needs the whole body before the headers go out.
+
+SHA-256 is computed while reading; bodies up to `spill_threshold` stay in memory, larger ones
+spill to an anonymous temporary file so memory stays flat; past `max_size` the request is refused
+with 413 (DESIGN.md fact 6). A spooled body can be sent again (a retry after a credential refresh).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO
+
+from aiohttp import web
+
+from proxy.errors import ProxyError
+from proxy.signing import EMPTY_SHA256
+
+MiB = 1024 * 1024
+READ_SIZE = 256 * 1024
+
+
+@dataclass(slots=True)
+class Body:
+    sha256: str = EMPTY_SHA256
+    size: int = 0
+    data: bytes = b""
+    file: IO[bytes] | None = field(default=None, repr=False)
+
+    def payload(self) -> bytes | IO[bytes] | None:
+        """What to hand the HTTP client; a spilled file is rewound so it can be sent again."""
+        if self.file is not None:
+            self.file.seek(0)
+            return self.file
+        return self.data if self.size else None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+EMPTY = Body()
+
+
+def _too_large(max_size: int) -> ProxyError:
+    return ProxyError(
+        413,
+        "request body too large",
+        f"the body exceeds the limit of {max_size} bytes (raise --max-body-size if the upstream accepts more)",
+        close=True,
+    )
+
+
+def check_declared_length(request: web.BaseRequest, max_size: int) -> None:
+    """Refuse before reading (and before any 100 Continue) when Content-Length is already too big."""
+    declared = request.content_length
+    if declared is not None and declared > max_size:
+        raise _too_large(max_size)
+
+
+async def read_body(
+    request: web.BaseRequest, max_size: int, spill_threshold: int = MiB
+) -> Body:
+    if not request.body_exists:
+        return EMPTY
+    check_declared_length(request, max_size)
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        # Only now, with the size accepted, does the client start sending (RFC 9110 10.1.1).
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    digest = hashlib.sha256()
+    buffer = bytearray()
+    spill: IO[bytes] | None = None
+    size = 0
+    try:
+        while chunk := await request.content.read(READ_SIZE):
+            size += len(chunk)
+            if size > max_size:
+                raise _too_large(max_size)
+            digest.update(chunk)
+            if spill is not None:
+                spill.write(chunk)
+            elif len(buffer) + len(chunk) > spill_threshold:
+                spill = tempfile.TemporaryFile(prefix="sigv4-proxy-body-")
+                spill.write(buffer)
+                spill.write(chunk)
+                buffer = bytearray()
+            else:
+                buffer += chunk
+    except BaseException:
+        if spill is not None:
+            spill.close()
+        raise
+    if spill is not None:
+        spill.flush()
+        return Body(digest.hexdigest(), size, b"", spill)
+    return Body(digest.hexdigest(), size, bytes(buffer))

@@ -1,0 +1,114 @@
+"""`sigv4-proxy [run|demo] [options]`: parse the command line, load settings, start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from proxy.config import ConfigError, Settings, load_settings, resolve_routes
+from proxy.credentials import CredentialsUnavailable
+from proxy.server import StartupError, describe_routes, run, serve_until_signalled, start_proxy
+
+log = logging.getLogger("sigv4_proxy")
+COMMANDS = ("run", "demo")
+
+
+def package_version() -> str:
+    try:
+        return version("sigv4-proxy")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _options() -> argparse.ArgumentParser:
+    """Options shared by every sub-command; SUPPRESS keeps unset ones out of the CLI source."""
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (env SIGV4_PROXY_CONFIG)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:8080)")
+    p.add_argument("--upstream", metavar="URL", help="where requests go, e.g. https://d111111abcdef8.cloudfront.net")
+    p.add_argument("--sign-host", dest="sign_host", metavar="HOST", help="host to sign for (default: the upstream's)")
+    p.add_argument("--region", help="signing region (inferred from AWS host names)")
+    p.add_argument("--service", help="signing service, e.g. execute-api (inferred from AWS host names)")
+    p.add_argument("--profile", help="AWS profile for credentials")
+    p.add_argument("--role-arn", dest="role_arn", metavar="ARN", help="role to assume with the base credentials")
+    p.add_argument("--role-session-name", dest="role_session_name", metavar="NAME")
+    p.add_argument("--external-id", dest="external_id", metavar="ID")
+    p.add_argument("--signed-header", dest="signed_headers", action="append", metavar="NAME",
+                   help="also sign this client header (repeatable); only headers no hop changes")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="wait for upstream response headers (default 60)")
+    p.add_argument("--connect-timeout", dest="connect_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--idle-timeout", dest="idle_timeout", type=float, metavar="SECONDS",
+                   help="longest silence inside a streamed response (default 300, 0 = none)")
+    p.add_argument("--max-body-size", dest="max_body_size", type=int, metavar="BYTES", help="default 10485760")
+    p.add_argument("--query-plus", dest="query_plus", choices=("space", "plus"),
+                   help="what a raw '+' in a client query means (default space)")
+    p.add_argument("--ca-bundle", dest="ca_bundle", type=Path, metavar="FILE", help="CA bundle for upstream TLS")
+    p.add_argument("--insecure", action="store_true", help="do not verify upstream TLS (logs a warning)")
+    p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    options = _options()
+    parser = argparse.ArgumentParser(
+        prog="sigv4-proxy",
+        description="Local reverse proxy that signs requests with AWS SigV4 for one host and sends them to another.",
+    )
+    parser.add_argument("--version", action="version", version=f"sigv4-proxy {package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo}")
+    commands.add_parser("run", parents=[options], help="run the proxy (the default command)")
+    commands.add_parser("demo", parents=[options], help="run the proxy against a built-in local upstream (no AWS account)")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        argv = ["run", *argv]
+    return build_parser().parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    config = getattr(args, "config", None) or os.environ.get("SIGV4_PROXY_CONFIG")
+    return load_settings(cli, Path(config) if config else None)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+async def run_proxy(settings: Settings) -> int:
+    proxy = await start_proxy(settings, resolve_routes(settings))
+    for line in describe_routes(proxy):
+        log.info("%s", line)
+    await serve_until_signalled(proxy)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = settings_from(args)
+        configure_logging(settings.log_level)
+        if args.command == "demo":
+            from proxy.demo import run_demo
+
+            return run(lambda: run_demo(settings))
+        resolve_routes(settings)  # fail on a bad route before touching credentials
+        return run(lambda: run_proxy(settings))
+    except (ConfigError, StartupError, CredentialsUnavailable) as exc:
+        print(f"sigv4-proxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Settings: command line > environment (SIGV4_PROXY_*) > TOML file > defaults.
+
+The command-line options describe one route for "/"; a TOML file may add `[[routes]]` tables.
+Region and service are inferred from the signing host where AWS's naming makes that certain.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from yarl import URL
+
+MiB = 1024 * 1024
+
+# Host names whose region and service AWS's own naming makes certain.
+_HOST_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^[^.]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$"), "execute-api"),
+    (re.compile(r"^[^.]+\.lambda-url\.([a-z0-9-]+)\.on\.aws$"), "lambda"),
+    (re.compile(r"^.+\.([a-z0-9-]+)\.es\.amazonaws\.com(\.cn)?$"), "es"),
+    (re.compile(r"^.+\.([a-z0-9-]+)\.aoss\.amazonaws\.com$"), "aoss"),
+]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message is one line a user can act on."""
+
+
+class RouteSettings(BaseModel):
+    """One `[[routes]]` table: requests under `prefix` go to `upstream`, signed for `sign_host`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = "/"
+    upstream: str
+    sign_host: str | None = None
+    region: str | None = None
+    service: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    external_id: str | None = None
+    duration_seconds: int | None = None
+    strip_prefix: bool = False
+    signed_headers: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Every option of `run`, `demo` and `check`; see config.example.toml for each key."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGV4_PROXY_", extra="forbid")
+
+    listen: str = "127.0.0.1:8080"
+    upstream: str | None = None
+    sign_host: str | None = None
+    region: str | None = None
+    service: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    external_id: str | None = None
+    signed_headers: list[str] = Field(default_factory=list)
+    routes: list[RouteSettings] = Field(default_factory=list)
+
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for the upstream's headers")
+    connect_timeout: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(300.0, ge=0, description="0: a streamed body may idle forever")
+    max_body_size: int = Field(10 * MiB, gt=0)
+    query_plus: Literal["space", "plus"] = "space"
+
+    ca_bundle: Path | None = None
+    insecure: bool = False
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[v6]:PORT" into (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(cli: dict[str, Any], config_file: Path | None) -> Settings:
+    """Merge the sources; raise ConfigError with one readable line on any invalid value."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if config_file is None:
+                return init_settings, env_settings
+            return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file)
+
+    try:
+        return _Settings(**cli)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A resolved route: everything the request path needs, computed once at start-up."""
+
+    prefix: str
+    upstream: URL
+    upstream_origin: str  # scheme://host[:port], the part of the URL that decides where bytes go
+    upstream_path: str  # the upstream URL's own path, prepended to what is forwarded
+    sign_host: str
+    region: str
+    service: str
+    strip_prefix: bool
+    signed_headers: tuple[str, ...]
+    profile: str | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    external_id: str | None = None
+    duration_seconds: int | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.service == "s3"
+
+
+def infer_region_service(sign_host: str) -> tuple[str | None, str | None]:
+    for pattern, service in _HOST_PATTERNS:
+        match = pattern.match(sign_host.lower())
+        if match:
+            return match.group(1), service
+    return None, None
+
+
+def _resolve_route(spec: RouteSettings, shared_headers: list[str]) -> Route:
+    upstream = URL(spec.upstream)
+    if upstream.scheme not in ("http", "https") or not upstream.host:
+        raise ConfigError(f"upstream must be an http(s) URL with a host, got {spec.upstream!r}")
+    if upstream.query_string or upstream.fragment:
+        raise ConfigError(f"upstream {spec.upstream!r} must not have a query or fragment")
+    sign_host = spec.sign_host or upstream.host
+    inferred_region, inferred_service = infer_region_service(sign_host.split(":")[0])
+    region = spec.region or inferred_region
+    service = spec.service or inferred_service
+    if not region or not service:
+        missing = " and ".join(n for n, v in (("--region", region), ("--service", service)) if not v)
+        raise ConfigError(
+            f"cannot infer region/service from signing host {sign_host!r} (a custom domain?): "
+            f"set {missing} (e.g. --region us-east-1 --service execute-api)"
+        )
+    prefix = "/" + spec.prefix.strip("/") if spec.prefix.strip("/") else "/"
+    origin = f"{upstream.scheme}://{upstream.raw_authority}"
+    return Route(
+        prefix=prefix,
+        upstream=upstream,
+        upstream_origin=origin,
+        upstream_path=upstream.raw_path.rstrip("/"),
+        sign_host=sign_host,
+        region=region,
+        service=service,
+        strip_prefix=spec.strip_prefix,
+        signed_headers=tuple(h.lower() for h in [*shared_headers, *spec.signed_headers]),
+        profile=spec.profile,
+        role_arn=spec.role_arn,
+        role_session_name=spec.role_session_name,
+        external_id=spec.external_id,
+        duration_seconds=spec.duration_seconds,
+    )
+
+
+def resolve_routes(settings: Settings) -> list[Route]:
+    """Routes sorted longest prefix first; the top-level options form the route for "/"."""
+    specs = list(settings.routes)
+    if settings.upstream:
+        specs.append(
+            RouteSettings(
+                prefix="/",
+                upstream=settings.upstream,
+                sign_host=settings.sign_host,
+                region=settings.region,
+                service=settings.service,
+                profile=settings.profile,
+                role_arn=settings.role_arn,
+                role_session_name=settings.role_session_name,
+                external_id=settings.external_id,
+            )
+        )
+    if not specs:
+        raise ConfigError("no upstream: pass --upstream URL (or add [[routes]] to the config file)")
+    routes = [_resolve_route(spec, settings.signed_headers) for spec in specs]
+    prefixes = [r.prefix for r in routes]
+    duplicates = {p for p in prefixes if prefixes.count(p) > 1}
+    if duplicates:
+        raise ConfigError(f"two routes share the prefix {sorted(duplicates)[0]!r}")
+    return sorted(routes, key=lambda r: len(r.prefix), reverse=True)

@@ -1,0 +1,246 @@
+"""The request's journey, top to bottom: route, rewrite, read body, sign, send, stream back.
+
+Modelled on Go's httputil.ReverseProxy: one handler of sequential steps, each a call named for
+what it does, and one place (errors.py) that turns failures into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy import canonical
+from proxy.body import Body, read_body
+from proxy.config import Route, Settings
+from proxy.credentials import CredentialsUnavailable, CredentialSource
+from proxy.errors import ProxyError, from_exception
+from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.signing import sign
+
+log = logging.getLogger("sigv4_proxy")
+access_log = logging.getLogger("sigv4_proxy.access")
+
+# aiohttp's client would otherwise add these on its own: the client's own values (or none) pass.
+SKIP_AUTO_HEADERS = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
+# Services that want the payload hash as a header too (S3 requires it; aoss documents it).
+PAYLOAD_HEADER_SERVICES = frozenset({"s3", "aoss"})
+
+
+class Addon(Protocol):
+    """An optional behaviour plugged into the request's life (guards, CORS, status endpoints).
+
+    `on_request` runs before routing and may answer the request itself (it is then neither signed
+    nor forwarded); `on_response` may adjust the headers of every response, errors included.
+    """
+
+    async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None: ...
+
+    def on_response(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRoute:
+    route: Route
+    credentials: CredentialSource
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The request target as it goes upstream: exactly what is signed."""
+
+    path: str
+    params: list[canonical.QueryParam]
+
+    @property
+    def query(self) -> str:
+        return canonical.query_string(self.params)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        routes: list[ActiveRoute],
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        addons: Sequence[Addon] = (),
+    ):
+        self._addons = tuple(addons)
+        self._routes = sorted(routes, key=lambda r: len(r.route.prefix), reverse=True)
+        self._session = session
+        self._settings = settings
+        self._plus_is_space = settings.query_plus == "space"
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        response: web.StreamResponse | None = None
+        try:
+            for addon in self._addons:
+                response = await addon.on_request(request)
+                if response is not None:
+                    return response
+            response = await self._forward(request)
+        except ProxyError as exc:
+            log.warning("%s %s -> %d %s: %s", request.method, _loggable(request), exc.status, exc.error, exc.detail)
+            response = from_exception(exc)
+            self.apply_response_addons(request, response.headers)
+        finally:
+            status = response.status if response is not None else 499
+            access_log.info(
+                "%s %s %d %.1fms", request.method, _loggable(request), status, (time.monotonic() - started) * 1000
+            )
+        return response
+
+    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path, raw_query = split_target(request.raw_path)
+        path = canonical.wire_path(raw_path)
+        active = self.match_route(path)
+        route = active.route
+        target = self.rewrite_target(route, raw_path, path, raw_query)
+        body = await self.read_request_body(request)
+        try:
+            headers = await self.sign_request(active, request, target, body)
+            upstream = await self.send(route, request.method, target, headers, body)
+        finally:
+            body.close()
+        return await self.stream_response(request, upstream)
+
+    def match_route(self, path: str) -> ActiveRoute:
+        for active in self._routes:
+            prefix = active.route.prefix
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return active
+        raise ProxyError(404, "no route", f"no configured route matches {path}")
+
+    def rewrite_target(self, route: Route, raw_path: str, path: str, raw_query: str) -> Target:
+        if route.is_s3:
+            path = canonical.wire_path(raw_path, normalize=False)  # S3 keys keep "//" and "."
+        if route.strip_prefix and route.prefix != "/":
+            path = path[len(route.prefix) :] or "/"
+        params = canonical.wire_query(raw_query, self._plus_is_space)
+        return Target(route.upstream_path + path, params)
+
+    async def read_request_body(self, request: web.BaseRequest) -> Body:
+        try:
+            return await read_body(request, self._settings.max_body_size)
+        except (aiohttp.web.HTTPException, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            raise ProxyError(400, "malformed request body", str(exc), close=True) from None
+        except ConnectionResetError as exc:
+            raise ProxyError(400, "request body incomplete", str(exc), close=True) from None
+
+    async def sign_request(
+        self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body
+    ) -> CIMultiDict[str]:
+        route = active.route
+        headers = upstream_request_headers(request.headers, route.signed_headers)
+        try:
+            credentials = await active.credentials.get()
+        except CredentialsUnavailable as exc:
+            raise ProxyError(503, "credentials unavailable", str(exc)) from None
+        to_sign = [("host", route.sign_host)]
+        to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
+        signed = sign(
+            method=request.method,
+            uri=canonical.canonical_uri(target.path, double_encode=not route.is_s3),
+            query=canonical.canonical_query(target.params),
+            headers=to_sign,
+            payload_hash=body.sha256,
+            credentials=credentials,
+            region=route.region,
+            service=route.service,
+            now=datetime.now(timezone.utc),
+            payload_header=route.service in PAYLOAD_HEADER_SERVICES,
+        )
+        headers.extend(signed.headers)
+        return headers
+
+    async def send(
+        self, route: Route, method: str, target: Target, headers: CIMultiDict[str], body: Body
+    ) -> aiohttp.ClientResponse:
+        query = target.query
+        url = URL(f"{route.upstream_origin}{target.path}{'?' + query if query else ''}", encoded=True)
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                return await self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body.payload(),
+                    allow_redirects=False,
+                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                )
+        except TimeoutError:
+            raise ProxyError(
+                504,
+                "upstream timeout",
+                f"{route.upstream_origin} sent no response headers within {self._settings.timeout:g}s (--timeout)",
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise ProxyError(
+                502, "upstream TLS error", f"{route.upstream_origin}: {exc} (see --ca-bundle)"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ProxyError(
+                502, "upstream unreachable", f"cannot connect to {route.upstream_origin}: {exc.os_error}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ProxyError(
+                502, "upstream failed", f"{route.upstream_origin}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def apply_response_addons(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:
+        for addon in self._addons:
+            addon.on_response(request, headers)
+
+    async def stream_response(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        headers = client_response_headers(upstream.headers)
+        self.apply_response_addons(request, headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: all that is left is to end the connection without a clean
+            # end-of-body, so the client sees a truncated response instead of a complete one.
+            log.warning("upstream body of %s %s broke off: %s", request.method, _loggable(request), exc)
+            if request.transport is not None:
+                request.transport.close()
+        finally:
+            if upstream.content.at_eof():
+                upstream.release()  # back to the pool for the next request
+            else:
+                upstream.close()  # a half-read connection cannot be reused
+        return response
+
+
+def split_target(raw_target: str) -> tuple[str, str]:
+    """Path and query of an origin-form target; anything else never picks our upstream."""
+    if not raw_target.startswith("/"):
+        raise ProxyError(
+            400,
+            "absolute-form target refused",
+            "this is a reverse proxy for its configured upstreams only; send origin-form targets (GET /path)",
+            close=True,
+        )
+    target = raw_target.partition("#")[0]
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def _loggable(request: web.BaseRequest) -> str:
+    """The path without the query: query values may carry tokens or signatures."""
+    path = request.raw_path.partition("?")[0]
+    return path if len(path) <= 200 else path[:200] + "…"

@@ -1,0 +1,63 @@
+"""Which headers cross the proxy, in each direction (DESIGN.md facts 4, 5 and 7).
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, never the next; the same list
+as Go's httputil.ReverseProxy, plus every header that `Connection` names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded from the client: the signer sets fresh values (a client `Date` would also make a
+# signer sign `Date` instead of X-Amz-Date), Host is the upstream's, the body's length is ours to
+# state, and `Expect` is answered by the proxy itself.
+CLIENT_ONLY = frozenset(
+    {"authorization", "date", "host", "content-length", "expect", "x-proxy-token"}
+)
+
+
+# Set by the signer alone, whatever the configuration lists.
+SIGNER_OWNED = frozenset({"x-amz-date", "x-amz-security-token", "x-amz-content-sha256"})
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str], keep_amz: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Client headers to forward unsigned: no hop-by-hop, no auth, no X-Amz-* the user did not list."""
+    dropped = HOP_BY_HOP | CLIENT_ONLY | connection_tokens(headers)
+    keep = frozenset(keep_amz) - SIGNER_OWNED
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in dropped or (lower.startswith("x-amz-") and lower not in keep):
+            continue
+        out.add(name, value)
+    return out
+
+
+def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Upstream response headers to pass back: all but hop-by-hop (several Set-Cookie kept)."""
+    dropped = HOP_BY_HOP | connection_tokens(headers)
+    return CIMultiDict((n, v) for n, v in headers.items() if n.lower() not in dropped)

@@ -1,0 +1,170 @@
+"""Start-up and shutdown: one shared ClientSession, the low-level aiohttp server, uvloop, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import aiohttp
+import aiohttp.http_parser
+import aiohttp.web_protocol
+from aiohttp import web
+
+from proxy.config import Route, Settings, parse_listen
+from proxy.credentials import ChainCredentialSource, CredentialSource
+from proxy.errors import error_response
+from proxy.forward import ActiveRoute, Addon, Forwarder
+
+log = logging.getLogger("sigv4_proxy")
+
+# aiohttp's C parser (llhttp) rejects raw non-ASCII bytes in the request target with a bare 400;
+# clients that do not percent-encode UTF-8 paths exist (../shared/cases P3), and we encode for them.
+aiohttp.web_protocol.HttpRequestParser = aiohttp.http_parser.HttpRequestParserPy  # type: ignore[misc]
+
+READ_BUFSIZE = 256 * 1024
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot go on: one line for the user, exit non-zero."""
+
+
+def upstream_ssl(settings: Settings) -> ssl.SSLContext | bool:
+    if settings.insecure:
+        log.warning("--insecure: upstream TLS certificates are NOT verified")
+        return False
+    cafile = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
+    try:
+        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load CA bundle {cafile}: {exc}") from None
+
+
+def client_session(settings: Settings) -> aiohttp.ClientSession:
+    """One pooled session for every request (keep-alive to the upstreams)."""
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ssl=upstream_ssl(settings), ttl_dns_cache=300, keepalive_timeout=30
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # No total deadline: it would kill long downloads and server-sent events (DESIGN.md fact 8).
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.idle_timeout or None
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # cookies belong to the client, never shared
+        read_bufsize=READ_BUFSIZE,
+        trust_env=False,
+    )
+
+
+@dataclass
+class RunningProxy:
+    """A started proxy; `close()` stops accepting, lets in-flight requests finish, then closes."""
+
+    server: asyncio.AbstractServer
+    handler: web.Server
+    session: aiohttp.ClientSession
+    routes: list[ActiveRoute]
+    host: str
+    port: int
+
+    async def close(self, grace: float = 10.0) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        await self.handler.shutdown(grace)
+        await self.session.close()
+
+
+CredentialFactory = Callable[[Route], CredentialSource]
+
+
+async def start_proxy(
+    settings: Settings,
+    routes: list[Route],
+    credentials_for: CredentialFactory = ChainCredentialSource,
+    addons: Sequence[Addon] = (),
+) -> RunningProxy:
+    active = [ActiveRoute(route, credentials_for(route)) for route in routes]
+    await asyncio.gather(*(a.credentials.start() for a in active))
+    async with AsyncExitStack() as stack:
+        session = client_session(settings)
+        stack.push_async_callback(session.close)
+        forwarder = Forwarder(active, session, settings, addons)
+        handler = web.Server(
+            _never_crash(forwarder.handle),
+            handler_cancellation=True,  # a client that hangs up cancels its upstream request
+            access_log=None,
+            read_bufsize=READ_BUFSIZE,
+        )
+        host, port = parse_listen(settings.listen)
+        try:
+            server = await asyncio.get_running_loop().create_server(handler, host, port, backlog=1024)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"cannot listen on {settings.listen}: the port is taken (use --listen)") from None
+            raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
+        stack.pop_all()
+    port = server.sockets[0].getsockname()[1]
+    return RunningProxy(server, handler, session, active, host, port)
+
+
+def _never_crash(
+    handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A bug must cost one request a 500 with a JSON body, never the client a traceback."""
+
+    async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await handle(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.raw_path.partition("?")[0])
+            return error_response(500, "internal error", "the proxy failed on this request; see its log")
+
+    return guarded
+
+
+def describe_routes(proxy: RunningProxy) -> list[str]:
+    """One start-up line per route: where it listens, where it sends, how it signs (no secrets)."""
+    lines = []
+    for active in proxy.routes:
+        r = active.route
+        lines.append(
+            f"http://{proxy.host}:{proxy.port}{r.prefix} -> {r.upstream} "
+            f"(signing host {r.sign_host}, region {r.region}, service {r.service}, "
+            f"credentials: {active.credentials.describe()})"
+        )
+    return lines
+
+
+async def serve_until_signalled(proxy: RunningProxy, grace: float = 10.0) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully; a second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: letting in-flight requests finish (up to %gs)", grace)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: os._exit(0))
+    await proxy.close(grace)
+
+
+def run(main: Callable[[], Awaitable[int]]) -> int:
+    """Run a coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
