@@ -58,9 +58,9 @@ async def origin(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         response.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
         return response
     if name == "sized":
-        response = web.Response(body=b"x" * 1234 if request.method != "HEAD" else None)
-        response.content_length = 1234
-        return response
+        if request.method == "HEAD":  # headers only, as a real origin answers HEAD
+            return web.Response(headers={"Content-Length": "1234"})
+        return web.Response(body=b"x" * 1234)
     if name == "slow":
         await asyncio.sleep(float(query.get("delay", "1")))
         return web.json_response({"slept": True})
