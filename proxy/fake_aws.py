@@ -128,7 +128,9 @@ async def crt_signature(
         for n, v in request.headers.items()
         if n.lower() in wanted and n.lower() not in ("x-amz-date", "x-amz-security-token")
     ]
-    crt_request = crt_http.HttpRequest(request.method, request.raw_path, crt_http.HttpHeaders(headers))
+    # awscrt's URI parser rejects an origin-form path with ":/" in it ("/a:/b"); in absolute form
+    # it parses, and the canonical request is the same (the host comes from the Host header).
+    crt_request = crt_http.HttpRequest(request.method, "http://origin" + request.raw_path, crt_http.HttpHeaders(headers))
     provider = crt_auth.AwsCredentialsProvider.new_static(
         credentials.access_key,
         credentials.secret_key,
