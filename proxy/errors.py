@@ -20,10 +20,12 @@ class ProxyError(Exception):
 
 def error_response(status: int, error: str, detail: str, *, close: bool = False) -> web.Response:
     body = json.dumps({"error": error, "detail": detail}).encode() + b"\n"
-    headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    response = web.Response(
+        status=status, body=body, headers={"Content-Type": "application/json", "Cache-Control": "no-store"}
+    )
     if close:
-        headers["Connection"] = "close"
-    return web.Response(status=status, body=body, headers=headers)
+        response.force_close()  # unread body bytes would be taken for the next request
+    return response
 
 
 def from_exception(exc: ProxyError) -> web.Response:

@@ -11,6 +11,8 @@ from aiohttp import web
 from proxy.fake_aws import describe_request
 
 CHUNK = 64 * 1024
+# Streams whose client went away: the proxy must cancel the upstream request, not leave it running.
+CANCELLED: list[str] = []
 
 
 def pattern(size: int) -> bytes:
@@ -40,11 +42,15 @@ async def origin(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         count, interval = int(query.get("count", "3")), float(query.get("interval", "0.2"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for n in range(count):
-            if n:
-                await asyncio.sleep(interval)
-            stamp = asyncio.get_running_loop().time()
-            await response.write(f"id: {n}\ndata: {stamp}\n\n".encode())
+        try:
+            for n in range(count):
+                if n:
+                    await asyncio.sleep(interval)
+                stamp = asyncio.get_running_loop().time()
+                await response.write(f"id: {n}\ndata: {stamp}\n\n".encode())
+        except asyncio.CancelledError:
+            CANCELLED.append(request.raw_path)
+            raise
         await response.write_eof()
         return response
     if name == "gzip":

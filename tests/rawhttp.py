@@ -22,10 +22,31 @@ async def raw_request(port: int, request: bytes, timeout: float = 10.0) -> RawRe
     try:
         writer.write(request)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)
+        data = await asyncio.wait_for(read_response(reader), timeout)
     finally:
         writer.close()
     return parse_response(data)
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One whole response (framed by Content-Length, chunking, or the server closing)."""
+    data = b""
+    while b"\r\n\r\n" not in data or data.startswith(b"HTTP/1.1 100") and data.count(b"\r\n\r\n") < 2:
+        chunk = await reader.read(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head = data.rpartition(b"\r\n\r\n")[0] if data.startswith(b"HTTP/1.1 100") else data.partition(b"\r\n\r\n")[0]
+    length = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), None)
+    body_start = len(head) + 4
+    if length is not None:  # (a HEAD answer has none: send Connection: close for those)
+        while len(data) < body_start + length:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    return data + await reader.read()
 
 
 def parse_response(data: bytes) -> RawResponse:

@@ -1,0 +1,136 @@
+"""Bad input and broken upstreams: a JSON error with a one-line reason and the right status, never
+a traceback, never a hung connection, and the proxy keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import Stack, StackFactory
+from proxy.config import Settings, resolve_routes
+from proxy.credentials import CredentialsUnavailable
+from proxy.server import start_proxy
+from proxy.signing import Credentials
+from rawhttp import raw_request
+
+
+async def still_serving(stack: Stack, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{stack.url}/prod/items") as resp:
+        assert resp.status == 200
+
+
+def assert_json_error(body: bytes, error: str) -> dict:
+    payload = json.loads(body)
+    assert set(payload) == {"error", "detail"} and payload["error"] == error, payload
+    assert "\n" not in payload["detail"] and "Traceback" not in payload["detail"]
+    return payload
+
+
+async def test_upstream_unreachable_is_502_naming_it(client: aiohttp.ClientSession) -> None:
+    settings = Settings(listen="127.0.0.1:0", upstream="http://127.0.0.1:9", sign_host="x.execute-api.us-east-1.amazonaws.com")
+    from proxy.credentials import StaticCredentialSource
+
+    proxy = await start_proxy(settings, resolve_routes(settings), lambda _r: StaticCredentialSource(Credentials("AK", "SK")))
+    try:
+        async with client.get(f"http://127.0.0.1:{proxy.port}/prod/x") as resp:
+            assert resp.status == 502
+            detail = assert_json_error(await resp.read(), "upstream unreachable")["detail"]
+        assert "127.0.0.1:9" in detail
+    finally:
+        await proxy.close(0.1)
+
+
+async def test_declared_body_over_limit_is_413_before_reading(make_stack: StackFactory) -> None:
+    stack = await make_stack(settings={"max_body_size": 1000})
+    request = (
+        b"POST /prod/fn HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    )  # the body is never sent: the proxy must answer without waiting for it (no 100 Continue)
+    response = await raw_request(stack.proxy.port, request, timeout=5)
+    assert response.status == 413
+    assert_json_error(response.body, "request body too large")
+    assert stack.gateway.seen == []
+
+
+async def test_chunked_body_over_limit_is_413(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    stack = await make_stack(settings={"max_body_size": 100_000})
+
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 20_000
+
+    async with client.post(f"{stack.url}/prod/fn", data=chunks()) as resp:
+        assert resp.status == 413
+        assert_json_error(await resp.read(), "request body too large")
+    assert stack.gateway.seen == []
+    await still_serving(stack, client)
+
+
+async def test_malformed_chunked_body_is_400(stack: Stack, client: aiohttp.ClientSession) -> None:
+    request = (
+        b"POST /prod/fn HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nnot hex\r\n0\r\n\r\n"
+    )
+    response = await raw_request(stack.proxy.port, request, timeout=5)
+    assert response.status == 400
+    assert stack.gateway.seen == []
+    await still_serving(stack, client)
+
+
+async def test_absolute_form_target_never_changes_the_upstream(stack: Stack) -> None:
+    request = b"GET http://169.254.169.254/latest/meta-data HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"
+    response = await raw_request(stack.proxy.port, request, timeout=5)
+    assert response.status == 400
+    assert_json_error(response.body, "absolute-form target refused")
+    assert stack.gateway.seen == []
+
+
+class _Unavailable:
+    async def start(self) -> None: ...
+    async def force_refresh(self) -> None: ...
+    def describe(self) -> str:
+        return "broken"
+
+    async def get(self) -> Credentials:
+        raise CredentialsUnavailable("credentials for route / unavailable (sso token expired): run `aws sso login --profile dev`")
+
+
+async def test_credentials_unavailable_is_503_saying_what_to_do(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    stack = await make_stack(credentials=_Unavailable())
+    async with client.get(f"{stack.url}/prod/items") as resp:
+        assert resp.status == 503
+        detail = assert_json_error(await resp.read(), "credentials unavailable")["detail"]
+    assert "aws sso login" in detail
+    assert stack.gateway.seen == []
+
+
+class _Buggy:
+    """An addon with a bug: the proxy must answer 500 JSON, log the traceback, keep serving."""
+
+    calls = 0
+
+    async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise KeyError("bug")
+        return None
+
+    def on_response(self, request: web.BaseRequest, headers) -> None:
+        return None
+
+
+async def test_a_bug_costs_one_request_a_json_500(make_stack: StackFactory, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    stack = await make_stack(addons=(_Buggy(),))
+    async with client.get(f"{stack.url}/prod/items") as resp:
+        assert resp.status == 500
+        assert_json_error(await resp.read(), "internal error")
+    assert "Traceback" in caplog.text or "KeyError" in caplog.text
+    await still_serving(stack, client)
+
+
+async def test_upstream_403_passes_through_unchanged(stack: Stack, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{stack.url}/prod/status?code=403") as resp:
+        assert resp.status == 403
+        assert await resp.json() == {"status": 403}

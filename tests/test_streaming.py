@@ -1,0 +1,141 @@
+"""Responses stream: events one by one, no total deadline, big downloads in flat memory, headers
+and bytes passed through untouched, and a client that hangs up cancels the upstream request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import origin
+from conftest import CREDENTIALS, SIGN_HOST, Stack, StackFactory
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def test_sse_events_arrive_one_by_one(stack: Stack, client: aiohttp.ClientSession) -> None:
+    loop = asyncio.get_running_loop()
+    lags = []
+    async with client.get(f"{stack.url}/prod/events?count=5&interval=0.3", headers={"Accept": "text/event-stream"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        headers_at = loop.time()
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                lags.append(loop.time() - float(line[6:]))
+    assert len(lags) == 5
+    assert max(lags) < 0.1, lags  # each event within ~100 ms of being sent, not at the end
+    assert headers_at < loop.time() - 1.0  # headers came long before the stream ended
+
+
+async def test_client_disconnect_cancels_upstream(stack: Stack, client: aiohttp.ClientSession) -> None:
+    origin.CANCELLED.clear()
+    resp = await client.get(f"{stack.url}/prod/events?count=100&interval=0.2")
+    assert (await resp.content.readline()).startswith(b"id: 0")
+    resp.close()  # hang up mid-stream
+    for _ in range(50):
+        if origin.CANCELLED:
+            break
+        await asyncio.sleep(0.05)
+    assert origin.CANCELLED == ["/prod/events?count=100&interval=0.2"]
+
+
+async def test_slow_first_byte_within_timeout_and_long_stream_beyond_it(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    stack = await make_stack(settings={"timeout": 1.0})
+    async with client.get(f"{stack.url}/prod/slow?delay=0.6") as resp:
+        assert resp.status == 200
+    async with client.get(f"{stack.url}/prod/events?count=6&interval=0.4") as resp:
+        body = await resp.read()  # 2 s of streaming, twice --timeout: no total deadline
+    assert body.count(b"data: ") == 6
+
+
+async def test_no_headers_within_timeout_is_504(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    stack = await make_stack(settings={"timeout": 0.3})
+    async with client.get(f"{stack.url}/prod/slow?delay=2") as resp:
+        assert resp.status == 504
+        error = await resp.json()
+    assert error["error"] == "upstream timeout" and "--timeout" in error["detail"]
+    async with client.get(f"{stack.url}/prod/items") as resp:  # still serving
+        assert resp.status == 200
+
+
+async def test_idle_stream_is_cut_after_idle_timeout(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    stack = await make_stack(settings={"idle_timeout": 0.5})
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get(f"{stack.url}/prod/events?count=3&interval=1.5") as resp:
+            assert resp.status == 200
+            await resp.read()  # truncated, never a clean end: the client can tell
+
+
+async def test_several_set_cookie_headers_pass(stack: Stack, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{stack.url}/prod/cookies") as resp:
+        assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+
+
+async def test_chunked_response_stays_intact(stack: Stack, client: aiohttp.ClientSession) -> None:
+    async with client.get(f"{stack.url}/prod/download?size=3000000&chunked=1") as resp:
+        assert resp.status == 200
+        assert "Content-Length" not in resp.headers
+        assert await resp.read() == origin.pattern(3_000_000)
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.timeout(300)
+async def test_200_mib_download_with_curl_keeps_proxy_memory_flat(stack: Stack) -> None:
+    """A real proxy process, a real curl: 200 MiB pass while the proxy's peak RSS stays < 100 MB."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS.access_key,
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS.secret_key,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    env.pop("AWS_PROFILE", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--upstream", str(stack.cloudfront_url),
+        "--sign-host", SIGN_HOST, "--log-level", "warning", cwd=REPO, env=env,
+    )
+    try:
+        port = await wait_for_listen_port(proc.pid)
+        size = 200 * 1024 * 1024
+        curl = await asyncio.create_subprocess_exec(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+            f"http://127.0.0.1:{port}/prod/download?size={size}", stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await curl.communicate()
+        assert out.decode() == f"200 {size}"
+        assert peak_rss_kib(proc.pid) < 100 * 1000, f"peak RSS {peak_rss_kib(proc.pid)} KiB"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def wait_for_listen_port(pid: int, timeout: float = 15.0) -> int:
+    """The TCP port a process listens on, from /proc (it was started with port 0)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        inodes = set()
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                return int(fields[1].split(":")[1], 16)
+        await asyncio.sleep(0.1)
+    raise AssertionError("proxy did not start listening")
