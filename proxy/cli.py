@@ -39,6 +39,8 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--role-arn", dest="role_arn", metavar="ARN", help="role to assume with the base credentials")
     p.add_argument("--role-session-name", dest="role_session_name", metavar="NAME")
     p.add_argument("--external-id", dest="external_id", metavar="ID")
+    p.add_argument("--origin-path", dest="origin_path", metavar="PATH",
+                   help="CloudFront origin path (e.g. /prod): included in the signed path, not sent")
     p.add_argument("--signed-header", dest="signed_headers", action="append", metavar="NAME",
                    help="also sign this client header (repeatable); only headers no hop changes")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="wait for upstream response headers (default 60)")

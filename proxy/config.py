@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from proxy import canonical
+
 MiB = 1024 * 1024
 
 # Host names whose region and service AWS's own naming makes certain.
@@ -52,6 +54,7 @@ class RouteSettings(BaseModel):
     external_id: str | None = None
     duration_seconds: int | None = None
     strip_prefix: bool = False
+    origin_path: str = ""
     signed_headers: list[str] = Field(default_factory=list)
 
 
@@ -69,6 +72,7 @@ class Settings(BaseSettings):
     role_arn: str | None = None
     role_session_name: str | None = None
     external_id: str | None = None
+    origin_path: str = Field("", description="CloudFront origin path: signed, not sent")
     signed_headers: list[str] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
 
@@ -149,6 +153,7 @@ class Route:
     region: str
     service: str
     strip_prefix: bool
+    origin_path: str  # CloudFront adds it on the way to the origin: signed, never sent
     signed_headers: tuple[str, ...]
     profile: str | None = None
     role_arn: str | None = None
@@ -196,6 +201,7 @@ def _resolve_route(spec: RouteSettings, shared_headers: list[str]) -> Route:
         region=region,
         service=service,
         strip_prefix=spec.strip_prefix,
+        origin_path=_origin_path(spec.origin_path),
         signed_headers=tuple(h.lower() for h in [*shared_headers, *spec.signed_headers]),
         profile=spec.profile,
         role_arn=spec.role_arn,
@@ -203,6 +209,14 @@ def _resolve_route(spec: RouteSettings, shared_headers: list[str]) -> Route:
         external_id=spec.external_id,
         duration_seconds=spec.duration_seconds,
     )
+
+
+def _origin_path(value: str) -> str:
+    """"/prod/" or "prod" -> "/prod"; checked, since it is signed but never sent."""
+    path = "/" + value.strip("/") if value.strip("/") else ""
+    if path and canonical.wire_path(path) != path:
+        raise ConfigError(f"origin_path {value!r} must be a plain path such as /prod")
+    return path
 
 
 def resolve_routes(settings: Settings) -> list[Route]:
@@ -220,6 +234,7 @@ def resolve_routes(settings: Settings) -> list[Route]:
                 role_arn=settings.role_arn,
                 role_session_name=settings.role_session_name,
                 external_id=settings.external_id,
+                origin_path=settings.origin_path,
             )
         )
     if not specs:

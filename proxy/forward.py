@@ -150,7 +150,7 @@ class Forwarder:
         to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
         signed = sign(
             method=request.method,
-            uri=canonical.canonical_uri(target.path, double_encode=not route.is_s3),
+            uri=canonical.canonical_uri(route.origin_path + target.path, double_encode=not route.is_s3),
             query=canonical.canonical_query(target.params),
             headers=to_sign,
             payload_hash=body.sha256,

@@ -191,3 +191,13 @@ async def test_o1_root_is_proxied_like_any_path(stack: Stack, client: aiohttp.Cl
     async with client.get(f"{stack.url}/") as resp:
         assert resp.status == 200
         assert (await resp.json())["raw_path"] == "/"
+
+
+async def test_cloudfront_origin_path_is_signed_but_not_sent(make_stack) -> None:
+    """CloudFront prepends its origin path (/prod): the proxy signs /prod/items, sends /items."""
+    stack = await make_stack(cloudfront={"origin_path": "/prod"}, settings={"origin_path": "/prod/"})
+    seen = await through(stack, b"/items?x=1")
+    assert seen["raw_path"] == "/prod/items"
+    unsigned = await make_stack(cloudfront={"origin_path": "/prod"})
+    response = await raw_request(unsigned.proxy.port, get(b"/items"))
+    assert response.status == 403 and b"signature we calculated does not match" in response.body

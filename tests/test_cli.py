@@ -114,13 +114,20 @@ async def test_demo_answers_through_the_proxy() -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        port = await wait_for_listen_port(proc.pid)
+        assert proc.stdout is not None
+        printed = ""
+        while "'http://127.0.0.1:" not in printed:  # the demo prints the curl commands to try
+            line = await asyncio.wait_for(proc.stdout.readline(), 15)
+            assert line, "demo exited early"
+            printed += line.decode()
+        url = printed.rsplit("'", 2)[1]
+        assert url.startswith("http://127.0.0.1:") and "/prod/items?" in url
         async with aiohttp.ClientSession() as client:
-            async with client.get(f"http://127.0.0.1:{port}/prod/items?limit=10") as resp:
+            async with client.get(url) as resp:
                 answer = await resp.json()
         assert resp.status == 200 and answer["verified"] is True
+        assert answer["received"]["params"][0] == ["limit", "10"]
     finally:
         proc.terminate()
-        out, _ = await proc.communicate()
+        await proc.communicate()
     assert proc.returncode == 0
-    assert "curl" in out.decode()
