@@ -206,8 +206,11 @@ class FakeCloudFront:
     drop_headers: tuple[str, ...] = ()
     drop_query: bool = False
     origin_path: str = ""
+    connections: set[object] = field(default_factory=set)  # viewer connections seen (peer addresses)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.transport is not None:
+            self.connections.add(request.transport.get_extra_info("peername"))
         path, _, query = request.raw_path.partition("?")
         target = self.origin_path + path + ("?" + query if query and not self.drop_query else "")
         upstream = await self.session.request(
