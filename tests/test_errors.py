@@ -11,7 +11,7 @@ from aiohttp import web
 
 from conftest import Stack, StackFactory
 from proxy.config import Settings, resolve_routes
-from proxy.credentials import CredentialsUnavailable
+from proxy.credentials import CredentialsUnavailable, StaticCredentialSource
 from proxy.server import start_proxy
 from proxy.signing import Credentials
 from rawhttp import raw_request
@@ -31,8 +31,6 @@ def assert_json_error(body: bytes, error: str) -> dict:
 
 async def test_upstream_unreachable_is_502_naming_it(client: aiohttp.ClientSession) -> None:
     settings = Settings(listen="127.0.0.1:0", upstream="http://127.0.0.1:9", sign_host="x.execute-api.us-east-1.amazonaws.com")
-    from proxy.credentials import StaticCredentialSource
-
     proxy = await start_proxy(settings, resolve_routes(settings), lambda _r: StaticCredentialSource(Credentials("AK", "SK")))
     try:
         async with client.get(f"http://127.0.0.1:{proxy.port}/prod/x") as resp:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from conftest import SIGN_HOST, Stack, StackFactory
 from proxy.headers import client_response_headers, upstream_request_headers
+from rawhttp import get, raw_request
 
 
 async def test_hop_by_hop_request_headers_never_cross(stack: Stack) -> None:
-    from rawhttp import raw_request
-    import json
-
     request = (
         b"GET /prod/items HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close, X-Private\r\nX-Private: secret-hop\r\n"
         b"Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\n"
@@ -66,9 +66,6 @@ async def test_longest_prefix_wins_and_strip_prefix(make_stack: StackFactory, cl
         assert (await resp.json())["raw_path"] == "/search/raw/x"
     async with client.get(f"{stack.url}/searchable") as resp:  # not under /search: the "/" route
         assert (await resp.json())["raw_path"] == "/searchable"
-    from rawhttp import get, raw_request
-    import json
-
     escaped = await raw_request(stack.proxy.port, get(b"/search/../prod/x"))  # normalized before routing
     assert json.loads(escaped.body)["raw_path"] == "/prod/x"
     assert [s["raw_path"] for s in search.gateway.seen] == ["/_cat/indices", "/search/raw/x"]
