@@ -92,7 +92,6 @@ class Cors:
             # Chrome's Private Network Access: an https front-end calling the proxy on loopback.
             headers["Access-Control-Allow-Private-Network"] = "true"
         append_vary(headers, *_PREFLIGHT_VARY)
-        headers["Cache-Control"] = "no-store"
         return web.Response(status=204, headers=headers)
 
     def on_response(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:

@@ -13,6 +13,7 @@ page counts as same-origin). Each check below closes one of those doors, before 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 
@@ -124,7 +125,7 @@ class ClientToken:
     """Addon: a shared secret for shared dev hosts; the proxy strips it before forwarding."""
 
     def __init__(self, token: str) -> None:
-        self._token = token.encode()
+        self._digest = _digest(token)
 
     async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None:
         presented = request.headers.get("X-Proxy-Token")
@@ -140,8 +141,9 @@ class ClientToken:
                 close=True,
                 headers=challenge,
             )
-        # Constant time: the comparison must not tell an attacker how many leading bytes matched.
-        if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self._token):
+        # Constant time, over digests: the comparison tells an attacker neither how many leading
+        # bytes matched nor how long the token is.
+        if not hmac.compare_digest(_digest(presented), self._digest):
             raise ProxyError(401, "client token rejected", "the client token does not match", close=True, headers=challenge)
         return None
 
@@ -158,8 +160,12 @@ def safety_addons(settings: Settings) -> list[Addon]:
     return addons
 
 
-def check_listen(settings: Settings) -> None:
-    """Listening beyond loopback is a choice (--allow-remote), and a loud one."""
+def check_exposure(settings: Settings) -> None:
+    """Say at start-up who may make the proxy sign; listening beyond loopback is a loud choice."""
+    if settings.cors_origins:
+        log.info("browsers: front-ends allowed by CORS: %s", ", ".join(settings.cors_origins))
+    if settings.allowed_hosts:
+        log.info("browsers: Host names accepted besides loopback: %s", ", ".join(settings.allowed_hosts))
     host, _ = parse_listen(settings.listen)
     if is_loopback(host):
         return
@@ -175,6 +181,10 @@ def check_listen(settings: Settings) -> None:
         if settings.client_token is not None
         else "anyone who can reach it can sign requests with your AWS identity (set client_token)",
     )
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def _local_port(request: web.BaseRequest) -> int | None:

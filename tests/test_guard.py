@@ -240,3 +240,18 @@ def test_env_lists_json_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cors_origin_that_would_open_the_door_is_a_config_error(origin: str) -> None:
     with pytest.raises(ConfigError, match="cors_origins"):
         settings_from(parse_args(["--upstream", "http://127.0.0.1:9", "--cors-origin", origin]))
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        'upstream = "http://127.0.0.1:9"\n'
+        'cors_origins = ["http://localhost:3000"]\n'
+        'allowed_hosts = ["sigv4-proxy"]\n'
+        "cors_max_age = 30\n"
+        f'client_token = "{TOKEN}"\n'
+    )
+    settings = settings_from(parse_args(["--config", str(config), "--cors-origin", "http://localhost:5173"]))
+    assert settings.cors_origins == ["http://localhost:5173"]  # the command line wins, as for every setting
+    assert settings.allowed_hosts == ["sigv4-proxy"] and settings.cors_max_age == 30
+    assert settings.client_token is not None and settings.client_token.get_secret_value() == TOKEN
