@@ -53,6 +53,21 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", dest="ca_bundle", type=Path, metavar="FILE", help="CA bundle for upstream TLS")
     p.add_argument("--insecure", action="store_true", help="do not verify upstream TLS (logs a warning)")
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    # Browsers and safety (proxy/guard.py, proxy/cors.py)
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help="front-end origin allowed to call the proxy, e.g. http://localhost:3000 (repeatable)")
+    p.add_argument("--cors-expose-header", dest="cors_expose_headers", action="append", metavar="NAME",
+                   help="response header a front-end may read besides the safelisted ones (repeatable)")
+    p.add_argument("--cors-allow-credentials", dest="cors_allow_credentials", action="store_true",
+                   help="let fetch(..., {credentials: 'include'}) read responses (cookies)")
+    p.add_argument("--cors-max-age", dest="cors_max_age", type=int, metavar="SECONDS",
+                   help="how long a browser may cache a preflight answer (default 600)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
+                   help="another Host name the proxy answers to besides localhost/127.0.0.1/[::1] (repeatable)")
+    p.add_argument("--allow-remote", dest="allow_remote", action="store_true",
+                   help="allow --listen on a non-loopback address (logs a warning)")
+    p.add_argument("--client-token", dest="client_token", metavar="TOKEN",
+                   help="require this secret as X-Proxy-Token (better: env SIGV4_PROXY_CLIENT_TOKEN, not in ps)")
     return p
 
 

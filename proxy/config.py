@@ -7,14 +7,16 @@ Region and service are inferred from the signing host where AWS's naming makes t
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -22,6 +24,7 @@ from pydantic_settings import (
 from yarl import URL
 
 from proxy import canonical
+from proxy.cors import normalize_origin
 
 MiB = 1024 * 1024
 
@@ -86,6 +89,41 @@ class Settings(BaseSettings):
     insecure: bool = False
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Browsers and safety (proxy/guard.py, proxy/cors.py): who may make the proxy sign.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_expose_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    cors_max_age: int = Field(600, ge=0, description="seconds a browser may cache a preflight answer")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_remote: bool = False
+    client_token: SecretStr | None = None
+
+    @field_validator("cors_origins", "cors_expose_headers", "allowed_hosts", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: Any) -> Any:
+        """Env values: a JSON list like the other list settings, or friendlier, comma-separated."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins_are_origins(cls, value: list[str]) -> list[str]:
+        return [normalize_origin(origin) for origin in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts_are_names(cls, value: list[str]) -> list[str]:
+        return [host.strip().lower().strip("[]") for host in value if host.strip()]
+
+    @field_validator("client_token")
+    @classmethod
+    def _client_token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("listen")
     @classmethod

@@ -21,6 +21,7 @@ from proxy.config import Route, Settings, parse_listen
 from proxy.credentials import ChainCredentialSource, CredentialSource
 from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
+from proxy.guard import check_exposure, safety_addons
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -91,6 +92,9 @@ async def start_proxy(
     credentials_for: CredentialFactory = ChainCredentialSource,
     addons: Sequence[Addon] = (),
 ) -> RunningProxy:
+    """Start serving; the safety addons (guard.py, cors.py) always run first, before `addons`."""
+    check_exposure(settings)
+    addons = [*safety_addons(settings), *addons]
     active = [ActiveRoute(route, credentials_for(route)) for route in routes]
     await asyncio.gather(*(a.credentials.start() for a in active))
     async with AsyncExitStack() as stack:
