@@ -83,6 +83,18 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Observability (403 diagnosis, logs, health and metrics): see proxy/observe.py, proxy/status.py.
+    log_format: Literal["text", "json"] = "text"
+    debug_signing: bool = Field(False, description="log canonical request and string to sign (no secrets)")
+    reserved_prefix: str = Field("/__sigv4proxy/", description="health and metrics live here; never forwarded")
+
+    @field_validator("reserved_prefix")
+    @classmethod
+    def _reserved_prefix_is_a_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.strip("/"):
+            raise ValueError(f"reserved_prefix must be a path below / such as /__sigv4proxy/, got {value!r}")
+        return "/" + value.strip("/") + "/"
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, value: str) -> str:

@@ -21,6 +21,8 @@ from proxy.config import Route, Settings, parse_listen
 from proxy.credentials import ChainCredentialSource, CredentialSource
 from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
+from proxy.observe import ProxyMetrics
+from proxy.status import StatusEndpoints
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -96,7 +98,10 @@ async def start_proxy(
     async with AsyncExitStack() as stack:
         session = client_session(settings)
         stack.push_async_callback(session.close)
-        forwarder = Forwarder(active, session, settings, addons)
+        metrics = ProxyMetrics()
+        # The status endpoints come after the caller's addons, so guards also cover them.
+        status = StatusEndpoints(settings.reserved_prefix, active, metrics)
+        forwarder = Forwarder(active, session, settings, (*addons, status), metrics)
         handler = web.Server(
             _never_crash(forwarder.handle),
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
