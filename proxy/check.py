@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import aiohttp
 from yarl import URL
 
-from proxy import diagnose
+from proxy import diagnose, redact
 from proxy.config import ConfigError, Route, Settings, resolve_routes
 from proxy.credentials import ChainCredentialSource, CredentialsUnavailable
 from proxy.server import CredentialFactory, StartupError, client_session, start_proxy
@@ -112,7 +112,9 @@ async def probe(base: str, path: str, out: Print) -> tuple[bool, str]:
             async with session.get(URL(base + path, encoded=True), allow_redirects=False) as response:
                 body = await response.content.read(64 * 1024)
                 elapsed = (time.monotonic() - started) * 1000
-                _line(out, "probe", f"GET {path} -> {response.status} {response.reason} ({elapsed:.0f} ms)")
+                shown, sep, query = path.partition("?")
+                shown += sep + redact.query(query)
+                _line(out, "probe", f"GET {shown} -> {response.status} {response.reason} ({elapsed:.0f} ms)")
                 return probe_verdict(response.status, response.headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return False, f"the probe got no answer: {type(exc).__name__}: {exc}"

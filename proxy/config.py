@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     @field_validator("reserved_prefix")
     @classmethod
     def _reserved_prefix_is_a_path(cls, value: str) -> str:
-        if not value.startswith("/") or not value.strip("/"):
+        if not value.strip("/") or "?" in value or "#" in value:
             raise ValueError(f"reserved_prefix must be a path below / such as /__sigv4proxy/, got {value!r}")
         return "/" + value.strip("/") + "/"
 

@@ -215,7 +215,7 @@ def diagnose(
                 else "; temporary keys (ASIA...) need their session token")
         return found("invalid-security-token", "AWS does not recognise the credentials: the access key is unknown "
                      f"or revoked, the session token does not belong to it{hint}")
-    if "Credential should be scoped to a valid region" in message:
+    if "Credential should be scoped to a valid region" in message or "is wrong; expecting '" in message:
         expected = re.search(r"expecting '([^']+)'", message)
         fix = f"set --region {expected.group(1)}" if expected else "set --region to the API's region (the one in its execute-api host name)"
         return found("wrong-region", f"the credential is scoped to region {route.region!r}, which this endpoint "

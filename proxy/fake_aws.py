@@ -82,7 +82,7 @@ class FakeApiGateway:
         api = request.host.split(".")[0]
         stage, _, rest = request.path.lstrip("/").partition("/")
         resource = f"arn:aws:execute-api:{self.region}:{self.account}:{api}/{stage}/{request.method}/{rest}"
-        principal = f"arn:aws:sts::{self.account}:assumed-role/sigv4-proxy-test/{match['key']}"
+        principal = f"arn:aws:sts::{self.account}:assumed-role/sigv4-proxy-test/test-session"
         message = f"User: {principal} is not authorized to perform: execute-api:Invoke on resource: {resource}"
         return deny("AccessDeniedException", message, field_name="Message")
 

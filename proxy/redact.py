@@ -11,7 +11,7 @@ import re
 
 MASK = "<redacted>"
 # Header or query names whose values are credentials, whatever the service calls them.
-_SENSITIVE_NAME = re.compile(r"token|auth|secret|password|signature|credential|cookie|api-?key", re.I)
+_SENSITIVE_NAME = re.compile(r"token|auth|secret|password|signature|credential|cookie|api[-_]?key", re.I)
 _IN_TEXT = [
     (re.compile(r"(Credential=)[^,\s&'\"]+", re.I), r"\1" + MASK),
     (re.compile(r"(Signature=)[^,\s&'\"]+", re.I), r"\1" + MASK),

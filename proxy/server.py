@@ -76,6 +76,7 @@ class RunningProxy:
     routes: list[ActiveRoute]
     host: str
     port: int
+    reserved_prefix: str = "/__sigv4proxy/"
 
     async def close(self, grace: float = 10.0) -> None:
         self.server.close()
@@ -117,7 +118,7 @@ async def start_proxy(
             raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
         stack.pop_all()
     port = server.sockets[0].getsockname()[1]
-    return RunningProxy(server, handler, session, active, host, port)
+    return RunningProxy(server, handler, session, active, host, port, settings.reserved_prefix)
 
 
 def _never_crash(
@@ -147,6 +148,8 @@ def describe_routes(proxy: RunningProxy) -> list[str]:
             f"(signing host {r.sign_host}, region {r.region}, service {r.service}, "
             f"credentials: {active.credentials.describe()})"
         )
+    status = f"http://{proxy.host}:{proxy.port}{proxy.reserved_prefix}"
+    lines.append(f"proxy's own endpoints (never forwarded): {status}health {status}metrics")
     return lines
 
 
