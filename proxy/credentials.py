@@ -115,17 +115,21 @@ class ChainCredentialSource:
         await asyncio.to_thread(self._resolve)
 
     def describe(self) -> str:
-        source = _SOURCE_NAMES.get(self._method, self._method)
-        if self._route.role_arn:
-            source = f"assume-role {self._route.role_arn}"
-        elif self._route.profile:
-            source = f"profile {self._route.profile} ({source})"
+        source = self._source()
         if self._expiry is not None:
             source += f", expires {self._expiry.strftime('%Y-%m-%d %H:%M:%S UTC')}"
         return source
 
     def health(self) -> CredentialHealth:
-        return CredentialHealth(self.describe(), self._expiry, self.refreshes, self.refresh_failures)
+        return CredentialHealth(self._source(), self._expiry, self.refreshes, self.refresh_failures)
+
+    def _source(self) -> str:
+        source = _SOURCE_NAMES.get(self._method, self._method)
+        if self._route.role_arn:
+            return f"assume-role {self._route.role_arn}"
+        if self._route.profile:
+            return f"profile {self._route.profile} ({source})"
+        return source
 
     async def get(self) -> Credentials:
         frozen, expiry = self._frozen, self._expiry

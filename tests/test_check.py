@@ -38,7 +38,7 @@ async def test_check_passes_against_the_demo_upstream() -> None:
                                lines.append)
     output = "\n".join(lines)
     assert code == 0, output
-    assert "credentials  demo keys (no expiry)" in output
+    assert "credentials  demo keys, no expiry" in output
     assert "clock        in sync with the upstream" in output
     assert "probe        GET /prod/items?limit=1 -> 200 OK" in output
     assert "result       OK: AWS accepted the signature" in output
@@ -99,7 +99,7 @@ async def test_check_as_a_subprocess(make_stack: StackFactory) -> None:
     base = ["--upstream", str(built.cloudfront_url), "--sign-host", SIGN_HOST]
     code, out, err = await run_cli(*base, "--path", "/prod/items")
     assert code == 0, out + err
-    assert "credentials  environment variables (no expiry)" in out
+    assert "credentials  environment variables, no expiry" in out
     assert "result       OK" in out
     assert CREDENTIALS.secret_key not in out + err and CREDENTIALS.access_key not in out + err
 
