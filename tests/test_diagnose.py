@@ -10,7 +10,8 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy import redact
-from proxy.diagnose import Diagnosis, Refusal, RouteFacts, diagnose, parse_refusal, split_canonical
+from proxy.canonical_diff import RouteFacts, split_canonical
+from proxy.diagnose import Diagnosis, Refusal, diagnose, parse_refusal
 from proxy.signing import EMPTY_SHA256, canonical_request
 
 ROUTE = RouteFacts("abc123.execute-api.us-east-1.amazonaws.com", "d111.cloudfront.net", "us-east-1", "execute-api")
