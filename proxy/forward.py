@@ -97,6 +97,9 @@ class Forwarder:
             exchange.failed(exc)
             response = from_exception(exc)
             self.apply_response_addons(request, response.headers)
+        except Exception:
+            exchange.status = 500  # a bug: server.py's _never_crash answers 500
+            raise
         finally:
             self._observer.finished(exchange, response)
         return response

@@ -39,6 +39,7 @@ class Exchange:
     method: str
     path: str  # without the query: query values may carry tokens or signatures
     started: float = field(default_factory=time.monotonic)
+    status: int | None = None  # set when no response object tells it (an internal error)
     route: str = NO_ROUTE
     stage: str = "intake"  # intake -> signing -> sending -> streaming
     bytes_in: int = 0
@@ -109,7 +110,8 @@ class Observer:
 
     def finished(self, exchange: Exchange, response: web.StreamResponse | None) -> None:
         total = time.monotonic() - exchange.started
-        status = response.status if response is not None else 499  # the client went away first
+        # No response and no status: the client went away first (nginx's 499).
+        status = exchange.status or (response.status if response is not None else 499)
         if response is not None and not exchange.streamed and isinstance(response, web.Response):
             exchange.bytes_out = response.content_length or 0
         self.metrics.record(exchange, status, total)

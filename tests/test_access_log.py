@@ -3,13 +3,14 @@ upstream time to first byte, total time; as text, and as JSON fields with --log-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import aiohttp
 import pytest
 
-from conftest import Stack
+from conftest import Stack, StackFactory
 from proxy.logs import JsonFormatter
 from test_check import run_cli
 
@@ -67,3 +68,29 @@ async def test_cli_log_format_level_and_debug_signing(stack: Stack) -> None:
     assert signing and signing[0]["canonical_request"].startswith("GET\n/prod/items\n")
     code, _out, err = await run_cli(*base, "--log-level", "warning")
     assert code == 0 and "sigv4_proxy.access" not in err
+
+
+class Broken:
+    """An addon with a bug."""
+
+    async def on_request(self, request: object) -> None:
+        raise RuntimeError("bug")
+
+    def on_response(self, request: object, headers: object) -> None:
+        return None
+
+
+async def test_internal_error_and_client_gone_are_logged(make_stack: StackFactory, client: aiohttp.ClientSession,
+                                                          access_lines: Lines) -> None:
+    broken = await make_stack(addons=(Broken(),))
+    async with client.get(broken.url / "prod" / "x") as resp:
+        assert resp.status == 500
+    built = await make_stack()
+    with pytest.raises(TimeoutError):
+        async with client.get(built.url / "prod" / "slow" % {"delay": "2"}, timeout=aiohttp.ClientTimeout(total=0.3)):
+            pass
+    for _ in range(50):  # the proxy notices the hang-up on its own schedule
+        if len(access_lines.json) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [(e["path"], e["status"]) for e in access_lines.json] == [("/prod/x", 500), ("/prod/slow", 499)]
