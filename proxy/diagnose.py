@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 
 from proxy import redact
 from proxy.canonical_diff import RouteFacts, differences, split_canonical
+from proxy.config import infer_region_service
 
 DIAGNOSIS_HEADER = "X-Sigv4-Proxy-Diagnosis"
 MAX_SKEW_SECONDS = 300  # SigV4 signatures are valid 5 minutes either side of AWS's clock
@@ -183,7 +184,13 @@ def diagnose(
         return found("invalid-security-token", f"AWS does not recognise the credentials: {why}")
     if "Credential should be scoped to a valid region" in message or "is wrong; expecting '" in message:
         expected = re.search(r"expecting '([^']+)'", message)
-        fix = f"set --region {expected.group(1)}" if expected else "set --region to the API's region (the one in its execute-api host name)"
+        in_host = infer_region_service(route.sign_host.split(":")[0])[0]
+        if expected:
+            fix = f"set --region {expected.group(1)}"
+        elif in_host and in_host != route.region:
+            fix = f"set --region {in_host} (the region in the signing host's name)"
+        else:
+            fix = "set --region to the API's region"
         return found("wrong-region", f"the credential is scoped to region {route.region!r}, which this endpoint "
                      f"does not accept: {fix}")
     if "Credential should be scoped to correct service" in message:

@@ -98,7 +98,7 @@ async def test_clock_skew_is_measured(make_stack: StackFactory, client: aiohttp.
 async def test_wrong_region(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
     diagnosis, _, _ = await refused(make_stack, client, settings={"region": "us-west-2"})
     assert diagnosis.startswith("wrong-region:"), diagnosis
-    assert "'us-west-2'" in diagnosis
+    assert "'us-west-2'" in diagnosis and "set --region ap-northeast-1" in diagnosis
 
 
 async def test_wrong_service(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
