@@ -38,10 +38,10 @@ async def measure_clock(route: Route, settings: Settings) -> str:
                 date = response.headers.get("Date")
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"not measured: {route.upstream_origin} did not answer ({type(exc).__name__}: {exc})"
-    refusal = diagnose.Refusal("", "", diagnose.http_date(date))
-    skew = diagnose.measure_skew(refusal, now) if refusal.date else None
-    if skew is None:
-        return "not measured: the upstream sent no Date header"
+    server_time = diagnose.http_date(date)
+    if server_time is None:
+        return "not measured: the upstream sent no valid Date header"
+    skew = diagnose.skew_against(server_time, now)
     if abs(skew) < 1.5:
         return f"in sync with the upstream (within 1 s; Date: {date})"
     verdict = "too far: AWS will refuse every signature" if abs(skew) > diagnose.MAX_SKEW_SECONDS else "AWS allows 5 min"

@@ -130,12 +130,16 @@ def measure_skew(refusal: Refusal, now: datetime) -> float | None:
     Date header, the server time that API Gateway quotes in the message is used instead.
     """
     if refusal.date is not None:
-        return (refusal.date - now).total_seconds() + 0.5
+        return skew_against(refusal.date, now)
     match = _SKEW.search(refusal.message)
     if match:
-        server = datetime.strptime(match.group(4), "%Y%m%dT%H%M%SZ").replace(tzinfo=now.tzinfo)
-        return (server - now).total_seconds() + 0.5
+        return skew_against(datetime.strptime(match.group(4), "%Y%m%dT%H%M%SZ").replace(tzinfo=now.tzinfo), now)
     return None
+
+
+def skew_against(server_time: datetime, now: datetime) -> float:
+    """Seconds a whole-second server timestamp is ahead of `now` (half a second added back)."""
+    return (server_time - now).total_seconds() + 0.5
 
 
 def describe_skew(seconds: float) -> str:

@@ -23,8 +23,8 @@ from proxy import canonical
 from proxy.body import Body, read_body
 from proxy.config import Route, Settings
 from proxy.credentials import CredentialsUnavailable, CredentialSource
-from proxy.errors import ProxyError, from_exception
 from proxy.diagnose import DIAGNOSIS_HEADER
+from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing
 from proxy.signing import SignedRequest, sign
