@@ -3,6 +3,7 @@ and (with --debug-signing) the canonical request and string to sign. Never a sec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ signing_log = logging.getLogger("sigv4_proxy.signing")
 
 # API Gateway's 403 bodies are a few hundred bytes; the cap keeps a huge 403 streaming, not buffered.
 REFUSAL_BODY_LIMIT = 64 * 1024
+REFUSAL_READ_WAIT = 2.0
 NO_ROUTE = "-"  # the route label of requests no route served (status endpoints, 404, bad targets)
 
 
@@ -133,12 +135,17 @@ def route_facts(route: Route) -> diagnose.RouteFacts:
     return diagnose.RouteFacts(route.sign_host, authority, route.region, route.service)
 
 
-async def read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Up to `limit` bytes of a response body (all of it when it is smaller)."""
+async def read_head(content: aiohttp.StreamReader, limit: int, wait: float) -> bytes:
+    """Up to `limit` bytes of a response body, or what arrived within `wait` seconds: a 403 that
+    trickles must not hold its own headers back (a cancelled read consumes nothing)."""
     chunks: list[bytes] = []
     size = 0
+    deadline = time.monotonic() + wait
     while size < limit:
-        chunk = await content.read(limit - size)
+        try:
+            chunk = await asyncio.wait_for(content.read(limit - size), max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            break
         if not chunk:
             break
         chunks.append(chunk)
@@ -151,7 +158,7 @@ async def explain_refusal(
 ) -> bytes:
     """Read the head of an upstream 403, diagnose it and log one line; return the bytes read,
     which the caller sends on unchanged before the rest of the body."""
-    head = await read_head(upstream.content, REFUSAL_BODY_LIMIT)
+    head = await read_head(upstream.content, REFUSAL_BODY_LIMIT, REFUSAL_READ_WAIT)
     refusal = diagnose.parse_refusal(upstream.headers, head)
     if refusal is None:
         return head  # the application's own 403, not AWS's auth

@@ -3,6 +3,7 @@ upstream's 403 passes unchanged and X-Sigv4-Proxy-Diagnosis names the cause."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -161,3 +162,22 @@ async def test_large_403_body_streams_through_whole(make_stack: StackFactory, cl
         assert resp.status == 403
         assert await resp.read() == big
         assert resp.headers[DIAGNOSIS_HEADER].startswith("aws-refused: AWS refused the request: AccessDeniedException")
+
+
+async def test_trickling_403_is_not_held_back(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+    async def trickle(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(status=403, headers={"x-amzn-ErrorType": "AccessDeniedException"})
+        await response.prepare(request)
+        await response.write(b'{"message": "User: anonymous is not authorized')
+        await asyncio.sleep(3)
+        await response.write(b' ..."}')
+        await response.write_eof()
+        return response
+
+    built = await make_stack(handler=trickle)
+    started = asyncio.get_running_loop().time()
+    async with client.get(built.url / "prod" / "x") as resp:
+        waited = asyncio.get_running_loop().time() - started
+        assert resp.status == 403 and DIAGNOSIS_HEADER in resp.headers
+        assert waited < 2.8  # headers after the 2 s read window, not after the 3 s body
+        assert await resp.read() == b'{"message": "User: anonymous is not authorized ..."}'
