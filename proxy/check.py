@@ -51,6 +51,9 @@ async def measure_clock(route: Route, settings: Settings) -> str:
 def probe_verdict(status: int, headers: Mapping[str, str], body: bytes) -> tuple[bool, str]:
     """(accepted by AWS auth, what to print) for the probe's answer."""
     diagnosis = headers.get(diagnose.DIAGNOSIS_HEADER)
+    if diagnosis and diagnosis.startswith("missing-authentication-token"):
+        # API Gateway answers this for paths it has no resource for too, signed or not.
+        return False, f"AWS refused the probe: {diagnosis} (is --path a real resource, stage included?)"
     if diagnosis:
         return False, f"AWS refused the signature: {diagnosis}"
     try:

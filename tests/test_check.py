@@ -61,7 +61,7 @@ async def test_check_fails_with_the_cause(make_stack: StackFactory, setup: dict[
         built.gateway.clock_offset = setup["skew"]
     code, output = await check(built, path, **setup.get("settings", {}))
     assert code == 1, output
-    assert f"result       FAILED: AWS refused the signature: {cause}:" in output
+    assert f"result       FAILED: AWS refused the {'probe' if 'token' in cause else 'signature'}: {cause}:" in output
     if cause == "clock-skew":
         assert "clock        local clock is 1 h 0 s ahead of AWS's clock" in output or "1 h 1 s" in output, output
 
