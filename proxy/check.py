@@ -92,8 +92,7 @@ async def run_check(
             _line(out, f"route {r.prefix}", f"-> {r.upstream.with_user(None)} (signing host {r.sign_host}, "
                   f"region {r.region}, service {r.service})")
             health = active.credentials.health()
-            expires = health.expires.strftime("expires %Y-%m-%d %H:%M:%S UTC") if health.expires else "no expiry"
-            _line(out, "credentials", f"{health.source}, {expires}")
+            _line(out, "credentials", health.source + ("" if health.expires else ", no expiry"))
         probed = next(a.route for a in proxy.routes if _serves(a.route, path))
         _line(out, "clock", await measure_clock(probed, settings))
         accepted, verdict = await probe(f"http://127.0.0.1:{proxy.port}", path, out)

@@ -52,7 +52,7 @@ class CredentialsUnavailable(RuntimeError):
 class CredentialHealth:
     """What health and metrics report about a route's credentials (never a key or token)."""
 
-    source: str
+    source: str  # describe(): where they come from, and their expiry if they have one
     expires: datetime | None
     refreshes: int = 0
     refresh_failures: int = 0
@@ -115,21 +115,17 @@ class ChainCredentialSource:
         await asyncio.to_thread(self._resolve)
 
     def describe(self) -> str:
-        source = self._source()
+        source = _SOURCE_NAMES.get(self._method, self._method)
+        if self._route.role_arn:
+            source = f"assume-role {self._route.role_arn}"
+        elif self._route.profile:
+            source = f"profile {self._route.profile} ({source})"
         if self._expiry is not None:
             source += f", expires {self._expiry.strftime('%Y-%m-%d %H:%M:%S UTC')}"
         return source
 
     def health(self) -> CredentialHealth:
-        return CredentialHealth(self._source(), self._expiry, self.refreshes, self.refresh_failures)
-
-    def _source(self) -> str:
-        source = _SOURCE_NAMES.get(self._method, self._method)
-        if self._route.role_arn:
-            return f"assume-role {self._route.role_arn}"
-        if self._route.profile:
-            return f"profile {self._route.profile} ({source})"
-        return source
+        return CredentialHealth(self.describe(), self._expiry, self.refreshes, self.refresh_failures)
 
     async def get(self) -> Credentials:
         frozen, expiry = self._frozen, self._expiry

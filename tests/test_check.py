@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -109,3 +110,20 @@ async def test_check_as_a_subprocess(make_stack: StackFactory) -> None:
 
     code, out, err = await run_cli("--upstream", "ftp://nowhere")
     assert code == 2 and "config       FAILED" in out
+
+
+async def test_check_shows_source_and_expiry(make_stack: StackFactory, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.fake_aws import Key
+    from test_status_endpoints import PROCESS_CREDENTIALS, credential_process
+
+    source, _fail = credential_process(tmp_path, monkeypatch)
+    built = await make_stack(keys={PROCESS_CREDENTIALS.access_key: Key(PROCESS_CREDENTIALS)})
+    lines: list[str] = []
+    settings = Settings(upstream=str(built.cloudfront_url), sign_host=SIGN_HOST, profile="proc")
+    code = await run_check(settings, "/prod/items", lambda _r: source, lines.append)
+    output = "\n".join(lines)
+    assert code == 0, output
+    assert re.search(r"credentials  profile proc \(credential_process\), expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", output)
+    for secret in (PROCESS_CREDENTIALS.access_key, PROCESS_CREDENTIALS.secret_key, PROCESS_CREDENTIALS.token or ""):
+        assert secret not in output
