@@ -164,12 +164,15 @@ async def test_large_403_body_streams_through_whole(make_stack: StackFactory, cl
         assert resp.headers[DIAGNOSIS_HEADER].startswith("aws-refused: AWS refused the request: AccessDeniedException")
 
 
-async def test_trickling_403_is_not_held_back(make_stack: StackFactory, client: aiohttp.ClientSession) -> None:
+async def test_trickling_403_is_not_held_back(make_stack: StackFactory, client: aiohttp.ClientSession,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.observe.REFUSAL_READ_WAIT", 0.3)  # the 2 s default, shortened
+
     async def trickle(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
         response = web.StreamResponse(status=403, headers={"x-amzn-ErrorType": "AccessDeniedException"})
         await response.prepare(request)
         await response.write(b'{"message": "User: anonymous is not authorized')
-        await asyncio.sleep(3)
+        await asyncio.sleep(1.5)
         await response.write(b' ..."}')
         await response.write_eof()
         return response
@@ -179,5 +182,5 @@ async def test_trickling_403_is_not_held_back(make_stack: StackFactory, client: 
     async with client.get(built.url / "prod" / "x") as resp:
         waited = asyncio.get_running_loop().time() - started
         assert resp.status == 403 and DIAGNOSIS_HEADER in resp.headers
-        assert waited < 2.8  # headers after the 2 s read window, not after the 3 s body
+        assert waited < 1.2  # headers after the read window, not after the 1.5 s body
         assert await resp.read() == b'{"message": "User: anonymous is not authorized ..."}'
