@@ -13,10 +13,11 @@ from typing import Any
 
 from proxy.config import ConfigError, Settings, load_settings, resolve_routes
 from proxy.credentials import CredentialsUnavailable
+from proxy.logs import configure_logging
 from proxy.server import StartupError, describe_routes, run, serve_until_signalled, start_proxy
 
 log = logging.getLogger("sigv4_proxy")
-COMMANDS = ("run", "demo")
+COMMANDS = ("run", "demo", "check")
 
 
 def package_version() -> str:
@@ -68,6 +69,13 @@ def _options() -> argparse.ArgumentParser:
                    help="allow --listen on a non-loopback address (logs a warning)")
     p.add_argument("--client-token", dest="client_token", metavar="TOKEN",
                    help="require this secret as X-Proxy-Token (better: env SIGV4_PROXY_CLIENT_TOKEN, not in ps)")
+
+    # Observability: 403 diagnosis, logs, health and metrics.
+    p.add_argument("--log-format", dest="log_format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    p.add_argument("--debug-signing", dest="debug_signing", action="store_true",
+                   help="log each canonical request and string to sign (secrets masked)")
+    p.add_argument("--reserved-prefix", dest="reserved_prefix", metavar="PATH",
+                   help="path prefix of the proxy's own health and metrics endpoints (default /__sigv4proxy/)")
     return p
 
 
@@ -78,9 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local reverse proxy that signs requests with AWS SigV4 for one host and sends them to another.",
     )
     parser.add_argument("--version", action="version", version=f"sigv4-proxy {package_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,demo}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,demo,check}")
     commands.add_parser("run", parents=[options], help="run the proxy (the default command)")
     commands.add_parser("demo", parents=[options], help="run the proxy against a built-in local upstream (no AWS account)")
+    check = commands.add_parser(
+        "check", parents=[options], help="validate config and credentials, send one signed probe, say why it failed"
+    )
+    check.add_argument("--path", default="/", help="path (and query) of the probe request (default /)")
     return parser
 
 
@@ -91,14 +103,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("command", "config", "path")}
     config = getattr(args, "config", None) or os.environ.get("SIGV4_PROXY_CONFIG")
     return load_settings(cli, Path(config) if config else None)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
 async def run_proxy(settings: Settings) -> int:
@@ -113,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         settings = settings_from(args)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
+        if args.command == "check":
+            from proxy.check import run_check
+
+            return run(lambda: run_check(settings, args.path))
         if args.command == "demo":
             from proxy.demo import run_demo
 

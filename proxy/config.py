@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     def _client_token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
 
+    # Observability (403 diagnosis, logs, health and metrics): see proxy/observe.py, proxy/status.py.
+    log_format: Literal["text", "json"] = "text"
+    debug_signing: bool = Field(False, description="log canonical request and string to sign (no secrets)")
+    reserved_prefix: str = Field("/__sigv4proxy/", description="health and metrics live here; never forwarded")
+
+    @field_validator("reserved_prefix")
+    @classmethod
+    def _reserved_prefix_is_a_path(cls, value: str) -> str:
+        if not value.strip("/") or "?" in value or "#" in value:
+            raise ValueError(f"reserved_prefix must be a path below / such as /__sigv4proxy/, got {value!r}")
+        return "/" + value.strip("/") + "/"
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, value: str) -> str:

@@ -60,7 +60,8 @@ class Cors:
 
     def __init__(self, settings: Settings) -> None:
         self.origins = frozenset(settings.cors_origins)
-        self._expose = ", ".join(settings.cors_expose_headers)
+        # The 403 diagnosis header is for the front-end's developer: let their code read it.
+        self._expose = ", ".join([*settings.cors_expose_headers, "X-Sigv4-Proxy-Diagnosis"])
         self._credentials = settings.cors_allow_credentials
         self._max_age = str(settings.cors_max_age)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -47,11 +48,22 @@ class CredentialsUnavailable(RuntimeError):
     """No usable credentials: the message names the source and what to do."""
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialHealth:
+    """What health and metrics report about a route's credentials (never a key or token)."""
+
+    source: str  # describe(): where they come from, and their expiry if they have one
+    expires: datetime | None
+    refreshes: int = 0
+    refresh_failures: int = 0
+
+
 class CredentialSource(Protocol):
     async def start(self) -> None: ...
     async def get(self) -> Credentials: ...
     async def force_refresh(self) -> None: ...
     def describe(self) -> str: ...
+    def health(self) -> CredentialHealth: ...
 
 
 class StaticCredentialSource:
@@ -72,6 +84,9 @@ class StaticCredentialSource:
 
     def describe(self) -> str:
         return self._label
+
+    def health(self) -> CredentialHealth:
+        return CredentialHealth(self._label, None)
 
 
 def role_session_name(explicit: str | None, sign_host: str) -> str:
@@ -108,6 +123,9 @@ class ChainCredentialSource:
         if self._expiry is not None:
             source += f", expires {self._expiry.strftime('%Y-%m-%d %H:%M:%S UTC')}"
         return source
+
+    def health(self) -> CredentialHealth:
+        return CredentialHealth(self.describe(), self._expiry, self.refreshes, self.refresh_failures)
 
     async def get(self) -> Credentials:
         frozen, expiry = self._frozen, self._expiry

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
@@ -53,16 +54,37 @@ class FakeApiGateway:
     handler: Handler | None = None
     clock_offset: timedelta = timedelta(0)
     seen: list[dict[str, object]] = field(default_factory=list)  # what passed verification
+    denied_keys: set[str] = field(default_factory=set)  # valid signatures IAM then denies
+    account: str = "123456789012"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self.answer(request)
+        if self.clock_offset and not response.prepared:
+            # The Date header is AWS's clock: a skewed gateway must show its skewed time.
+            response.headers["Date"] = format_datetime(datetime.now(timezone.utc) + self.clock_offset, usegmt=True)
+        return response
+
+    async def answer(self, request: web.BaseRequest) -> web.StreamResponse:
         body = await request.content.read()  # whole body, past BaseRequest.read()'s 1 MiB cap
-        refusal = await self.verify(request, body)
+        refusal = await self.verify(request, body) or self.authorize(request)
         if refusal is not None:
             return refusal
         self.seen.append(describe_request(request, body))
         if self.handler is not None:
             return await self.handler(request, body)
         return web.json_response(describe_request(request, body))
+
+    def authorize(self, request: web.BaseRequest) -> web.Response | None:
+        """IAM after authentication: a denied key gets API Gateway's AccessDeniedException."""
+        match = _AUTH.match(request.headers.get("Authorization", ""))
+        if match is None or match["key"] not in self.denied_keys:
+            return None
+        api = request.host.split(".")[0]
+        stage, _, rest = request.path.lstrip("/").partition("/")
+        resource = f"arn:aws:execute-api:{self.region}:{self.account}:{api}/{stage}/{request.method}/{rest}"
+        principal = f"arn:aws:sts::{self.account}:assumed-role/sigv4-proxy-test/test-session"
+        message = f"User: {principal} is not authorized to perform: execute-api:Invoke on resource: {resource}"
+        return deny("AccessDeniedException", message, field_name="Message")
 
     async def verify(self, request: web.BaseRequest, body: bytes) -> web.Response | None:
         authorization = request.headers.get("Authorization")
@@ -102,10 +124,10 @@ class FakeApiGateway:
         return None
 
 
-def deny(error_type: str, message: str) -> web.Response:
-    """API Gateway's 403: a JSON `message` and the x-amzn-ErrorType header."""
+def deny(error_type: str, message: str, field_name: str = "message") -> web.Response:
+    """API Gateway's 403: a JSON `message` (`Message` for IAM denials) and the x-amzn-ErrorType header."""
     return web.json_response(
-        {"message": message},
+        {field_name: message},
         status=403,
         headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": secrets.token_hex(16)},
     )

@@ -23,12 +23,13 @@ from proxy import canonical
 from proxy.body import Body, read_body
 from proxy.config import Route, Settings
 from proxy.credentials import CredentialsUnavailable, CredentialSource
+from proxy.diagnose import DIAGNOSIS_HEADER
 from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
-from proxy.signing import sign
+from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing
+from proxy.signing import SignedRequest, sign
 
 log = logging.getLogger("sigv4_proxy")
-access_log = logging.getLogger("sigv4_proxy.access")
 
 # aiohttp's client would otherwise add these on its own: the client's own values (or none) pass.
 SKIP_AUTO_HEADERS = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
@@ -73,46 +74,65 @@ class Forwarder:
         session: aiohttp.ClientSession,
         settings: Settings,
         addons: Sequence[Addon] = (),
+        metrics: ProxyMetrics | None = None,
     ):
         self._addons = tuple(addons)
+        self._observer = Observer(metrics or ProxyMetrics())
         self._routes = sorted(routes, key=lambda r: len(r.route.prefix), reverse=True)
         self._session = session
         self._settings = settings
         self._plus_is_space = settings.query_plus == "space"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.monotonic()
+        exchange = Exchange(request.method, _loggable(request))
         response: web.StreamResponse | None = None
         try:
             for addon in self._addons:
                 response = await addon.on_request(request)
                 if response is not None:
                     return response
-            response = await self._forward(request)
+            response = await self._forward(request, exchange)
         except ProxyError as exc:
             log.warning("%s %s -> %d %s: %s", request.method, _loggable(request), exc.status, exc.error, exc.detail)
+            exchange.failed(exc)
             response = from_exception(exc)
             self.apply_response_addons(request, response.headers)
+        except Exception:
+            exchange.status = 500  # a bug: server.py's _never_crash answers 500
+            raise
         finally:
-            status = response.status if response is not None else 499
-            access_log.info(
-                "%s %s %d %.1fms", request.method, _loggable(request), status, (time.monotonic() - started) * 1000
-            )
+            self._observer.finished(exchange, response)
         return response
 
-    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         raw_path, raw_query = split_target(request.raw_path)
         path = canonical.wire_path(raw_path)
         active = self.match_route(path)
         route = active.route
+        exchange.route = route.prefix
         target = self.rewrite_target(route, raw_path, path, raw_query)
         body = await self.read_request_body(request)
+        exchange.bytes_in = body.size
         try:
-            headers = await self.sign_request(active, request, target, body)
+            exchange.stage = "signing"
+            headers, signed = await self.sign_request(active, request, target, body)
+            if self._settings.debug_signing:
+                log_signing(exchange, route, signed)
+            exchange.stage = "sending"
+            sent = time.monotonic()
             upstream = await self.send(route, request.method, target, headers, body)
+            exchange.upstream_ttfb = time.monotonic() - sent
         finally:
             body.close()
-        return await self.stream_response(request, upstream)
+        exchange.stage = "streaming"
+        head = b""
+        if upstream.status == 403:  # say why AWS said no (diagnose.py); status and body pass unchanged
+            try:
+                head = await explain_refusal(exchange, upstream, signed, route, self._settings.debug_signing)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                upstream.close()
+                raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {exc}") from None
+        return await self.stream_response(request, upstream, exchange, head)
 
     def match_route(self, path: str) -> ActiveRoute:
         for active in self._routes:
@@ -139,7 +159,7 @@ class Forwarder:
 
     async def sign_request(
         self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body
-    ) -> CIMultiDict[str]:
+    ) -> tuple[CIMultiDict[str], SignedRequest]:
         route = active.route
         headers = upstream_request_headers(request.headers, route.signed_headers)
         try:
@@ -161,7 +181,7 @@ class Forwarder:
             payload_header=route.service in PAYLOAD_HEADER_SERVICES,
         )
         headers.extend(signed.headers)
-        return headers
+        return headers, signed
 
     async def send(
         self, route: Route, method: str, target: Target, headers: CIMultiDict[str], body: Body
@@ -202,19 +222,28 @@ class Forwarder:
             addon.on_response(request, headers)
 
     async def stream_response(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange, head: bytes = b""
     ) -> web.StreamResponse:
+        """Stream the upstream's response; `head` is body already read (a 403 being diagnosed)."""
         headers = client_response_headers(upstream.headers)
+        if exchange.diagnosis is not None:
+            headers[DIAGNOSIS_HEADER] = exchange.diagnosis.header_value()
         self.apply_response_addons(request, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        exchange.streamed = True
         try:
             await response.prepare(request)
+            if head:
+                await response.write(head)
+                exchange.bytes_out += len(head)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                exchange.bytes_out += len(chunk)
             await response.write_eof()
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: all that is left is to end the connection without a clean
             # end-of-body, so the client sees a truncated response instead of a complete one.
+            exchange.upstream_error = "upstream body broke off"
             log.warning("upstream body of %s %s broke off: %s", request.method, _loggable(request), exc)
             if request.transport is not None:
                 request.transport.close()

@@ -137,7 +137,7 @@ class ClientToken:
             raise ProxyError(
                 401,
                 "client token required",
-                "send the proxy's client_token as X-Proxy-Token or Proxy-Authorization: Bearer",
+                "send the proxy's client_token as X-Proxy-Token or as a Bearer token in Proxy-Authorization",
                 close=True,
                 headers=challenge,
             )

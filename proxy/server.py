@@ -22,6 +22,8 @@ from proxy.credentials import ChainCredentialSource, CredentialSource
 from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
 from proxy.guard import check_exposure, safety_addons
+from proxy.observe import ProxyMetrics
+from proxy.status import StatusEndpoints
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -75,6 +77,7 @@ class RunningProxy:
     routes: list[ActiveRoute]
     host: str
     port: int
+    reserved_prefix: str = "/__sigv4proxy/"
 
     async def close(self, grace: float = 10.0) -> None:
         self.server.close()
@@ -100,7 +103,10 @@ async def start_proxy(
     async with AsyncExitStack() as stack:
         session = client_session(settings)
         stack.push_async_callback(session.close)
-        forwarder = Forwarder(active, session, settings, addons)
+        metrics = ProxyMetrics()
+        # The status endpoints come after the caller's addons, so guards also cover them.
+        status = StatusEndpoints(settings.reserved_prefix, active, metrics)
+        forwarder = Forwarder(active, session, settings, (*addons, status), metrics)
         handler = web.Server(
             _never_crash(forwarder.handle),
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
@@ -116,7 +122,7 @@ async def start_proxy(
             raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
         stack.pop_all()
     port = server.sockets[0].getsockname()[1]
-    return RunningProxy(server, handler, session, active, host, port)
+    return RunningProxy(server, handler, session, active, host, port, settings.reserved_prefix)
 
 
 def _never_crash(
@@ -146,6 +152,8 @@ def describe_routes(proxy: RunningProxy) -> list[str]:
             f"(signing host {r.sign_host}, region {r.region}, service {r.service}, "
             f"credentials: {active.credentials.describe()})"
         )
+    status = f"http://{proxy.host}:{proxy.port}{proxy.reserved_prefix}"
+    lines.append(f"proxy's own endpoints (never forwarded): {status}health {status}metrics")
     return lines
 
 

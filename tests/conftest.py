@@ -19,6 +19,7 @@ from proxy.forward import Addon
 from proxy.server import RunningProxy, start_proxy
 from proxy.signing import Credentials
 
+pytest_plugins = ("secret_watch",)  # every test's log is grepped for secrets (issue 4)
 SIGN_HOST = "abc123.execute-api.ap-northeast-1.amazonaws.com"
 REGION = "ap-northeast-1"
 CREDENTIALS = Credentials("AKIDTESTSTATICKEY", "test-secret-key-static-0123456789")

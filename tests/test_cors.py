@@ -86,7 +86,7 @@ async def test_proxy_cors_headers_replace_the_upstreams(
         assert resp.status == 200
         headers = resp.headers
     assert headers.getall("Access-Control-Allow-Origin") == [FRONT]
-    assert headers.getall("Access-Control-Expose-Headers") == ["X-Request-Id"]
+    assert headers.getall("Access-Control-Expose-Headers") == ["X-Request-Id, X-Sigv4-Proxy-Diagnosis"]
     assert headers.getall("Access-Control-Allow-Credentials", []) == (["true"] if credentials else [])
     assert "Access-Control-Max-Age" not in headers  # the upstream's, meaningless on a response
     assert headers.getall("Vary") == ["Accept-Encoding, Origin"]
