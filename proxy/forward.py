@@ -33,6 +33,11 @@ log = logging.getLogger("sigv4_proxy")
 
 # aiohttp's client would otherwise add these on its own: the client's own values (or none) pass.
 SKIP_AUTO_HEADERS = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
+# Query-string auth (presigned URLs): the proxy's header signature replaces it.
+PRESIGN_PARAMS = frozenset(
+    {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+     "X-Amz-Signature", "X-Amz-Security-Token"}
+)
 # Services that want the payload hash as a header too (S3 requires it; aoss documents it).
 PAYLOAD_HEADER_SERVICES = frozenset({"s3", "aoss"})
 
@@ -147,6 +152,9 @@ class Forwarder:
         if route.strip_prefix and route.prefix != "/":
             path = path[len(route.prefix) :] or "/"
         params = canonical.wire_query(raw_query, self._plus_is_space)
+        if "X-Amz-" in raw_query:
+            # A presigned URL's own auth parameters: AWS refuses a request signed both ways.
+            params = [p for p in params if p[0] not in PRESIGN_PARAMS]
         return Target(route.upstream_path + path, params)
 
     async def read_request_body(self, request: web.BaseRequest) -> Body:

@@ -201,3 +201,12 @@ async def test_cloudfront_origin_path_is_signed_but_not_sent(make_stack) -> None
     unsigned = await make_stack(cloudfront={"origin_path": "/prod"})
     response = await raw_request(unsigned.proxy.port, get(b"/items"))
     assert response.status == 403 and b"signature we calculated does not match" in response.body
+
+
+async def test_presigned_query_auth_is_replaced_by_the_header_signature(stack: Stack) -> None:
+    seen = await through(
+        stack,
+        b"/stage/items?a=1&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDOLD%2F20200101%2Fus-east-1"
+        b"%2Fexecute-api%2Faws4_request&X-Amz-Signature=" + b"0" * 64 + b"&x-amz-meta=kept",
+    )
+    assert seen["params"] == [["a", "1"], ["x-amz-meta", "kept"]]
