@@ -82,6 +82,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # A failed refresh is reported once by proxy.credentials; botocore's own copy has a traceback.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
 
 
 async def run_proxy(settings: Settings) -> int:

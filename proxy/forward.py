@@ -25,7 +25,8 @@ from proxy.config import Route, Settings
 from proxy.credentials import CredentialsUnavailable, CredentialSource
 from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
-from proxy.signing import sign
+from proxy.rejection import token_rejection
+from proxy.signing import Credentials, sign
 
 log = logging.getLogger("sigv4_proxy")
 access_log = logging.getLogger("sigv4_proxy.access")
@@ -108,11 +109,10 @@ class Forwarder:
         target = self.rewrite_target(route, raw_path, path, raw_query)
         body = await self.read_request_body(request)
         try:
-            headers = await self.sign_request(active, request, target, body)
-            upstream = await self.send(route, request.method, target, headers, body)
+            upstream, head = await self.sign_and_send(active, request, target, body)
         finally:
             body.close()
-        return await self.stream_response(request, upstream)
+        return await self.stream_response(request, upstream, head)
 
     def match_route(self, path: str) -> ActiveRoute:
         for active in self._routes:
@@ -137,15 +137,37 @@ class Forwarder:
         except ConnectionResetError as exc:
             raise ProxyError(400, "request body incomplete", str(exc), close=True) from None
 
-    async def sign_request(
+    async def sign_and_send(
         self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body
-    ) -> CIMultiDict[str]:
-        route = active.route
-        headers = upstream_request_headers(request.headers, route.signed_headers)
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Sign and send; after an upstream "token expired/invalid" 403, once more with refreshed
+        credentials (every body is spooled by body.py, so it can be sent again). Returns the
+        response and any body bytes already read from it."""
+        for attempt in (1, 2):
+            credentials = await self.current_credentials(active)
+            headers = self.sign_request(active.route, request, target, body, credentials)
+            upstream = await self.send(active.route, request.method, target, headers, body)
+            rejected, head = await token_rejection(upstream) if attempt == 1 else (None, b"")
+            if rejected is None or not await active.credentials.force_refresh(credentials):
+                if rejected is not None:
+                    log.warning("%s %s: upstream says %s and refreshing gave no new credentials",
+                                request.method, _loggable(request), rejected)
+                break
+            log.warning("%s %s: upstream says %s; credentials refreshed, retrying once",
+                        request.method, _loggable(request), rejected)
+            upstream.close()
+        return upstream, head
+
+    async def current_credentials(self, active: ActiveRoute) -> Credentials:
         try:
-            credentials = await active.credentials.get()
+            return await active.credentials.get()
         except CredentialsUnavailable as exc:
             raise ProxyError(503, "credentials unavailable", str(exc)) from None
+
+    def sign_request(
+        self, route: Route, request: web.BaseRequest, target: Target, body: Body, credentials: Credentials
+    ) -> CIMultiDict[str]:
+        headers = upstream_request_headers(request.headers, route.signed_headers)
         to_sign = [("host", route.sign_host)]
         to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
         signed = sign(
@@ -202,13 +224,15 @@ class Forwarder:
             addon.on_response(request, headers)
 
     async def stream_response(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, head: bytes = b""
     ) -> web.StreamResponse:
         headers = client_response_headers(upstream.headers)
         self.apply_response_addons(request, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
+            if head:  # read already, to tell a token rejection (rejection.py)
+                await response.write(head)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()

@@ -80,6 +80,7 @@ class RunningProxy:
         await self.server.wait_closed()
         await self.handler.shutdown(grace)
         await self.session.close()
+        await asyncio.gather(*(a.credentials.close() for a in self.routes))
 
 
 CredentialFactory = Callable[[Route], CredentialSource]
@@ -92,8 +93,10 @@ async def start_proxy(
     addons: Sequence[Addon] = (),
 ) -> RunningProxy:
     active = [ActiveRoute(route, credentials_for(route)) for route in routes]
-    await asyncio.gather(*(a.credentials.start() for a in active))
     async with AsyncExitStack() as stack:
+        for a in active:  # stop every route's credential refresher if start-up fails past here
+            stack.push_async_callback(a.credentials.close)
+        await asyncio.gather(*(a.credentials.start() for a in active))
         session = client_session(settings)
         stack.push_async_callback(session.close)
         forwarder = Forwarder(active, session, settings, addons)
