@@ -106,7 +106,10 @@ def resolve(route: Route) -> Resolved:
         _quick_container_endpoint(session)
         base = session.get_credentials()
     except CHAIN_ERRORS as exc:
-        raise CredentialsUnavailable(_unavailable(route, _profile_label(session), str(exc), _default_hint(route))) from None
+        # A provider that was configured but failed (container endpoint, credential_process) names itself.
+        failed = getattr(exc, "kwargs", {}).get("provider")
+        source, hint = _describe(route, session, failed) if failed else (_profile_label(session), _default_hint(route))
+        raise CredentialsUnavailable(_unavailable(route, source, str(exc), hint)) from None
     if base is None:
         raise CredentialsUnavailable(_nothing_found(route, session))
     source, hint = _describe(route, session, base.method or "unknown")

@@ -55,7 +55,7 @@ class FakeApiGateway:
     seen: list[dict[str, object]] = field(default_factory=list)  # what passed verification
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.read()
+        body = await request.content.read()  # not request.read(): its 1 MiB cap is aiohttp's, not API Gateway's
         refusal = await self.verify(request, body)
         if refusal is not None:
             return refusal
