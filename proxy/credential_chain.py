@@ -8,6 +8,7 @@ A resolution yields one `Resolved`: a single frozen key set with its expiry, wha
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import botocore.session
+from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,6 +45,7 @@ _SESSION_NAME_DISALLOWED = re.compile(r"[^\w+=,.@-]", re.ASCII)
 # RuntimeError is botocore's "refreshed, but the refreshed credentials are still expired",
 # ValueError/KeyError a container endpoint that is not allowed or answers without a field.
 CHAIN_ERRORS = (BotoCoreError, ClientError, OSError, RuntimeError, ValueError, KeyError)
+_STS_CONFIG = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
 HOP_LIMIT_HINT = (
     "inside a container on EC2, IMDSv2 answers only if the instance's metadata hop limit is 2 or more "
     "(aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2)"
@@ -156,7 +159,8 @@ def _assume_role(
     if route.duration_seconds:
         extra["DurationSeconds"] = route.duration_seconds
     fetcher = AssumeRoleCredentialFetcher(
-        client_creator=session.create_client,
+        # botocore's 60 s timeouts would hold a refresh (and a shutdown) for minutes on a lost network.
+        client_creator=functools.partial(session.create_client, config=_STS_CONFIG),
         source_credentials=base,
         role_arn=route.role_arn,
         extra_args=extra,

@@ -83,6 +83,7 @@ class ChainCredentialSource:
         self._inflight_forced = False
         self._failure: str | None = None  # why the last refresh failed, until one succeeds
         self._keeper: asyncio.Task[None] | None = None
+        self._closed = False
         self.refreshes = 0
         self.refresh_failures = 0
 
@@ -100,8 +101,9 @@ class ChainCredentialSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
             self._keeper = None
-        if self._inflight is not None:  # a thread cannot be cancelled: let it finish before we go
-            await asyncio.wait([self._inflight])
+        self._closed = True
+        if self._inflight is not None:  # a thread cannot be cancelled: give it a moment to finish
+            await asyncio.wait([self._inflight], timeout=5.0)
 
     def describe(self) -> str:
         if self._current is None:
@@ -166,6 +168,8 @@ class ChainCredentialSource:
                 try:
                     fresh = await asyncio.to_thread(renew, previous, self._route)
                 except CredentialsUnavailable as exc:
+                    if self._closed:
+                        raise
                     # The source itself may have changed: `aws sso login`, an edited profile.
                     log.info("renewing credentials for route %s failed (%s); resolving the chain again",
                              self._route.prefix, exc)

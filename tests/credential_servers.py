@@ -10,6 +10,8 @@ each call (parameters and timing), can make STS slow, and registers what moto is
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,7 +29,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.fake_aws import Key
+from proxy.fake_aws import Key, Listening, listen
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+StartEndpoint = Callable[[Handler], Awaitable[Listening]]
 from proxy.signing import Credentials
 
 
@@ -102,12 +107,38 @@ class Issuer:
 
 
 @dataclass
+class SsoPortal:
+    """IAM Identity Center's portal API: role credentials for a valid `aws sso login` token."""
+
+    issuer: Issuer
+    valid_tokens: set[str] = field(default_factory=set)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/federation/credentials":
+            return web.Response(status=404)
+        if request.headers.get("x-amz-sso_bearer_token") not in self.valid_tokens:
+            return web.json_response({"message": "Session token not found or invalid"}, status=401,
+                                     headers={"x-amzn-ErrorType": "UnauthorizedException"})
+        creds, expires = self.issuer.issue()
+        return web.json_response({"roleCredentials": {
+            "accessKeyId": creds.access_key, "secretAccessKey": creds.secret_key, "sessionToken": creds.token,
+            "expiration": int(expires.timestamp() * 1000)}})
+
+
+def sso_login(cache: Path, start_url: str, token: str) -> None:
+    """What `aws sso login` leaves behind: the token in ~/.aws/sso/cache/<sha1(start url)>.json."""
+    cache.mkdir(parents=True, exist_ok=True)
+    expires = iso(datetime.now(timezone.utc) + timedelta(hours=8))
+    (cache / f"{hashlib.sha1(start_url.encode()).hexdigest()}.json").write_text(
+        json.dumps({"startUrl": start_url, "region": "us-east-1", "accessToken": token, "expiresAt": expires}))
+
+
+@dataclass
 class StsTap:
     """Forwards STS calls to moto's server; records them; optionally slow."""
 
     moto_url: str
     keys: dict[str, Key]
-    session: aiohttp.ClientSession
     delay: float = 0.0
     calls: list[dict[str, str]] = field(default_factory=list)
     windows: list[tuple[float, float]] = field(default_factory=list)  # (started, answered), monotonic
@@ -119,7 +150,7 @@ class StsTap:
         if self.delay:
             await asyncio.sleep(self.delay)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with self.session.post(self.moto_url + request.raw_path, data=body, headers=headers) as upstream:
+        async with aiohttp.request("POST", self.moto_url + request.raw_path, data=body, headers=headers) as upstream:
             text = await upstream.text()
         found = {name: re.search(f"<{name}>([^<]+)</{name}>", text) for name in
                  ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")}
@@ -130,18 +161,6 @@ class StsTap:
             self.keys[creds.access_key] = Key(creds, expires)
         self.windows.append((started, time.monotonic()))
         return web.Response(status=upstream.status, body=text.encode(), content_type="text/xml")
-
-
-async def hanging_server() -> tuple[asyncio.AbstractServer, int]:
-    """Accepts connections and never answers: a metadata endpoint that hangs."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        await asyncio.sleep(3600)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 def closed_port() -> int:
@@ -198,3 +217,34 @@ def moto_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+async def endpoints() -> AsyncIterator[StartEndpoint]:
+    """Starts credential endpoints; request it before make_stack so the proxy (and its refresher)
+    stops first, and no refresh is left calling an endpoint that is already gone."""
+    started: list[Listening] = []
+
+    async def start(handle: Handler) -> Listening:
+        started.append(await listen(handle))
+        return started[-1]
+
+    yield start
+    for server in reversed(started):
+        await server.close()
+
+
+@pytest.fixture
+async def hanging_port() -> AsyncIterator[int]:
+    """A metadata endpoint that accepts connections and never answers."""
+    release = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    release.set()
+    server.close()
+    await server.wait_closed()

@@ -13,12 +13,15 @@ import time
 from datetime import datetime, timezone
 
 import aiohttp
+import botocore.credentials
 import pytest
 
 from conftest import SIGN_HOST, Stack, StackFactory
-from credential_servers import AwsFiles, Issuer, aws_env, closed_port, hanging_server  # noqa: F401 (fixture)
+from credential_servers import (  # noqa: F401 (aws_env, endpoints, hanging_port: fixtures)
+    AwsFiles, Issuer, SsoPortal, StartEndpoint, aws_env, closed_port, endpoints, hanging_port, sso_login,
+)
 from proxy.credentials import ChainCredentialSource, CredentialsUnavailable
-from proxy.fake_aws import Key, listen
+from proxy.fake_aws import Key
 from proxy.signing import Credentials
 from test_credentials_sts import route_for, seconds_until, timed_get
 
@@ -40,71 +43,64 @@ def switched_before(results: list[tuple], first: Credentials, expiry: datetime) 
 
 
 async def test_container_endpoint_credentials_are_refreshed_before_they_expire(
-    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
+    aws_env: AwsFiles, endpoints: StartEndpoint, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys: dict[str, Key] = {}
     issuer = Issuer(keys, lifetime=3.0)
-    endpoint = await listen(issuer.container)
+    endpoint = await endpoints(issuer.container)
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{endpoint.url}/v2/credentials")
-    try:
-        source = ChainCredentialSource(route_for())
-        stack = await make_stack(keys=keys, credentials=source)
-        assert source.describe().startswith("container endpoint, expires ")
-        first, expiry = issuer.issued[0]
-        results = await get_until_past(client, stack, expiry)
-    finally:
-        await endpoint.close()
+    source = ChainCredentialSource(route_for())
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith("container endpoint, expires ")
+    first, expiry = issuer.issued[0]
+    results = await get_until_past(client, stack, expiry)
     assert {r[2] for r in results} == {200}
     assert switched_before(results, first, expiry) > 0.3
     assert "retrying" not in caplog.text  # renewed ahead of time, not rescued by a 403
 
 
-@pytest.mark.parametrize("kind", ["refused", "hangs"])
-async def test_container_endpoint_down_fails_in_seconds(
-    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, kind: str
+async def test_container_endpoint_refusing_fails_at_once(aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    await assert_container_endpoint_fails_fast(monkeypatch, closed_port())
+
+
+async def test_container_endpoint_hanging_fails_in_seconds(
+    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, hanging_port: int
 ) -> None:
-    if kind == "hangs":
-        server, port = await hanging_server()
-    else:
-        server, port = None, closed_port()
+    await assert_container_endpoint_fails_fast(monkeypatch, hanging_port)
+
+
+async def assert_container_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/v2/credentials")
     started = time.monotonic()
-    try:
-        with pytest.raises(CredentialsUnavailable) as caught:
-            await ChainCredentialSource(route_for()).start()
-    finally:
-        if server is not None:
-            server.close()
-    assert time.monotonic() - started < 3.0
+    with pytest.raises(CredentialsUnavailable) as caught:
+        await ChainCredentialSource(route_for()).start()
+    assert time.monotonic() - started < 3.0  # botocore's own limits: up to 8 s
     message = str(caught.value)
     assert f"127.0.0.1:{port}" in message
     assert "check the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI" in message
 
 
 async def test_imds_credentials_expired_early_are_rescued_by_one_shared_refresh_and_retry(
-    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
+    aws_env: AwsFiles, endpoints: StartEndpoint, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """botocore stretches IMDS credentials that expire within ~15 min (its static stability), so the
     proxy keeps the set until the upstream says ExpiredTokenException: then one refresh, one retry."""
     keys: dict[str, Key] = {}
     issuer = Issuer(keys, lifetime=2.0)
-    imds = await listen(issuer.imds)
+    imds = await endpoints(issuer.imds)
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"{imds.url}/")
-    try:
-        source = ChainCredentialSource(route_for())
-        stack = await make_stack(keys=keys, credentials=source)
-        assert source.describe().startswith("imds, expires ")
-        first, expiry = issuer.issued[0]
-        assert (await timed_get(client, stack))[2] == 200
-        await asyncio.sleep(seconds_until(expiry) + 0.2)
-        fetches = issuer.fetches
-        caplog.set_level(logging.INFO)
-        batch = await asyncio.gather(*(timed_get(client, stack) for _ in range(10)))
-    finally:
-        await imds.close()
+    source = ChainCredentialSource(route_for())
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith("imds, expires ")
+    first, expiry = issuer.issued[0]
+    assert (await timed_get(client, stack))[2] == 200
+    await asyncio.sleep(seconds_until(expiry) + 0.2)
+    fetches = issuer.fetches
+    caplog.set_level(logging.INFO)
+    batch = await asyncio.gather(*(timed_get(client, stack) for _ in range(10)))
     assert [r[2] for r in batch] == [200] * 10
     assert {r[3] for r in batch} == {issuer.issued[-1][0].access_key} != {first.access_key}
     assert issuer.fetches - fetches == 1  # ten rejected requests shared one refresh
@@ -112,18 +108,15 @@ async def test_imds_credentials_expired_early_are_rescued_by_one_shared_refresh_
 
 
 async def test_missing_imds_fails_in_seconds_naming_what_was_tried(
-    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch
+    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, hanging_port: int
 ) -> None:
-    server, port = await hanging_server()
+    port = hanging_port
     monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{port}/")
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as inside a pod
     started = time.monotonic()
-    try:
-        with pytest.raises(CredentialsUnavailable) as caught:
-            await ChainCredentialSource(route_for()).start()
-    finally:
-        server.close()
+    with pytest.raises(CredentialsUnavailable) as caught:
+        await ChainCredentialSource(route_for()).start()
     assert time.monotonic() - started < 5.0
     message = str(caught.value)
     for tried in ("environment variables", f"profile default in {aws_env.config}", "container endpoint",
@@ -133,22 +126,19 @@ async def test_missing_imds_fails_in_seconds_naming_what_was_tried(
 
 
 async def test_credential_process_with_expiring_credentials(
-    aws_env: AwsFiles, make_stack: StackFactory, client: aiohttp.ClientSession,
+    aws_env: AwsFiles, endpoints: StartEndpoint, make_stack: StackFactory, client: aiohttp.ClientSession,
 ) -> None:
     keys: dict[str, Key] = {}
     issuer = Issuer(keys, lifetime=3.0)
-    helper_url = await listen(issuer.process)
+    helper_url = await endpoints(issuer.process)
     helper = aws_env.home / "helper.py"
     helper.write_text("import sys, urllib.request\nsys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())\n")
     aws_env.config.write_text(f"[profile dev]\ncredential_process = {sys.executable} {helper} {helper_url.url}/\n")
-    try:
-        source = ChainCredentialSource(route_for(profile="dev"))
-        stack = await make_stack(keys=keys, credentials=source)
-        assert source.describe().startswith("profile dev (credential_process), expires ")
-        first, expiry = issuer.issued[0]
-        results = await get_until_past(client, stack, expiry)
-    finally:
-        await helper_url.close()
+    source = ChainCredentialSource(route_for(profile="dev"))
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith("profile dev (credential_process), expires ")
+    first, expiry = issuer.issued[0]
+    results = await get_until_past(client, stack, expiry)
     assert {r[2] for r in results} == {200}
     assert len(issuer.issued) >= 2
     assert switched_before(results, first, expiry) > 0.3
@@ -196,26 +186,23 @@ async def test_rejected_key_forces_a_refresh_and_the_spooled_body_is_sent_again(
 
 
 async def test_expired_credentials_with_a_failing_source_give_503_then_recover_without_restart(
-    aws_env: AwsFiles, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
+    aws_env: AwsFiles, endpoints: StartEndpoint, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
 ) -> None:
     keys: dict[str, Key] = {}
     issuer = Issuer(keys, lifetime=2.0)
-    endpoint = await listen(issuer.container)
+    endpoint = await endpoints(issuer.container)
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{endpoint.url}/v2/credentials")
-    try:
-        stack = await make_stack(keys=keys, credentials=ChainCredentialSource(route_for(), recheck_interval=0.2))
-        _, expiry = issuer.issued[0]
-        issuer.failing = True
-        await asyncio.sleep(max(0.0, seconds_until(expiry) - 0.6))  # refreshing has failed by now
-        assert (await timed_get(client, stack))[2] == 200  # still valid: keep signing with them
-        await asyncio.sleep(seconds_until(expiry) + 0.1)
-        async with client.get(stack.url / "prod" / "items") as resp:
-            assert resp.status == 503
-            error = await resp.json()
-        issuer.failing = False
-        recovered = await timed_get(client, stack)
-    finally:
-        await endpoint.close()
+    stack = await make_stack(keys=keys, credentials=ChainCredentialSource(route_for(), recheck_interval=0.2))
+    _, expiry = issuer.issued[0]
+    issuer.failing = True
+    await asyncio.sleep(max(0.0, seconds_until(expiry) - 0.6))  # refreshing has failed by now
+    assert (await timed_get(client, stack))[2] == 200  # still valid: keep signing with them
+    await asyncio.sleep(seconds_until(expiry) + 0.1)
+    async with client.get(stack.url / "prod" / "items") as resp:
+        assert resp.status == 503
+        error = await resp.json()
+    issuer.failing = False
+    recovered = await timed_get(client, stack)
     assert error["error"] == "credentials unavailable"
     assert "from container endpoint expired at" in error["detail"]
     assert "check the container credentials endpoint" in error["detail"]
@@ -259,3 +246,35 @@ async def test_only_token_rejections_force_a_refresh_and_other_403s_pass_untouch
         for name, value in headers.items():
             assert resp.headers[name] == value
     assert Counting.calls == refreshes
+
+
+async def test_sso_login_after_the_session_ended_is_picked_up_without_restart(
+    aws_env: AwsFiles, endpoints: StartEndpoint, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory, client: aiohttp.ClientSession,
+) -> None:
+    start_url = "https://my-company.awsapps.com/start"
+    keys: dict[str, Key] = {}
+    issuer = Issuer(keys, lifetime=2.0)
+    portal = SsoPortal(issuer, {"token-before"})
+    server = await endpoints(portal.handle)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SSO", str(server.url))
+    # botocore fixes ~/.aws/sso/cache when it is imported, before HOME pointed at the temp dir.
+    cache = aws_env.home / ".aws" / "sso" / "cache"
+    monkeypatch.setattr(botocore.credentials.SSOProvider, "_SSO_TOKEN_CACHE_DIR", str(cache))
+    aws_env.config.write_text(f"[profile dev]\nsso_start_url = {start_url}\nsso_region = us-east-1\n"
+                              "sso_account_id = 123456789012\nsso_role_name = Developer\n")
+    sso_login(cache, start_url, "token-before")
+    source = ChainCredentialSource(route_for(profile="dev"), recheck_interval=0.2)
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith("profile dev (sso), expires ")
+    assert (await timed_get(client, stack))[2] == 200
+    portal.valid_tokens.clear()  # the SSO session ends (8 hours later, in real life)
+    _, expiry = issuer.issued[-1]
+    await asyncio.sleep(seconds_until(expiry) + 0.3)
+    async with client.get(stack.url / "prod" / "items") as resp:
+        assert resp.status == 503
+        detail = (await resp.json())["detail"]
+    portal.valid_tokens.add("token-after")
+    sso_login(cache, start_url, "token-after")  # the user runs `aws sso login --profile dev`
+    after = await timed_get(client, stack)
+    assert "run `aws sso login --profile dev`" in detail and "profile dev (sso)" in detail
+    assert after[2] == 200

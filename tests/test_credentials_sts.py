@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 
 from conftest import SIGN_HOST, Stack, StackFactory
-from credential_servers import AwsFiles, StsTap, aws_env, moto_url  # noqa: F401 (fixtures)
+from credential_servers import AwsFiles, StartEndpoint, StsTap, aws_env, endpoints, moto_url  # noqa: F401
 from proxy.config import ConfigError, Route, Settings, resolve_routes
 from proxy.credential_chain import role_session_name
 from proxy.credentials import ChainCredentialSource
-from proxy.fake_aws import Key, listen
+from proxy.fake_aws import Key
 
 ROLE = "arn:aws:iam::123456789012:role/api-caller"
 BASE_KEYS = "[default]\naws_access_key_id = AKIDBASEKEY0001\naws_secret_access_key = base-secret-0001\n"
@@ -34,18 +34,13 @@ def route_for(**fields: Any) -> Route:
     return dataclasses.replace(route, **fields)
 
 
-async def start_tap(moto: str, keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> StsTap:
-    session = aiohttp.ClientSession()
-    tap = StsTap(moto, keys, session, delay=delay)
-    server = await listen(tap.handle)
+async def start_tap(
+    moto: str, keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint, delay: float = 0.0
+) -> StsTap:
+    tap = StsTap(moto, keys, delay=delay)
+    server = await endpoints(tap.handle)
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", str(server.url))
-    tap.closers = [server.close, session.close]  # type: ignore[attr-defined]
     return tap
-
-
-async def stop_tap(tap: StsTap) -> None:
-    for close in tap.closers:  # type: ignore[attr-defined]
-        await close()
 
 
 async def timed_get(client: aiohttp.ClientSession, stack: Stack) -> tuple[float, float, int, str, datetime]:
@@ -66,27 +61,24 @@ def seconds_until(moment: datetime) -> float:
 
 
 async def test_role_refreshes_before_expiry_while_requests_keep_flowing(
-    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory,
+    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint, make_stack: StackFactory,
     client: aiohttp.ClientSession,
 ) -> None:
     aws_env.credentials.write_text(BASE_KEYS)
     aws_env.config.write_text(SHORT_DURATIONS_OK)
     keys: dict[str, Key] = {}
     sts_delay = 0.8  # every STS call takes this long: a request that waited for one would show it
-    tap = await start_tap(moto_url, keys, monkeypatch, delay=sts_delay)
-    try:
-        source = ChainCredentialSource(route_for(role_arn=ROLE, duration_seconds=4))
-        stack = await make_stack(keys=keys, credentials=source)
-        first_key, first = next(iter(keys.items()))
-        assert first.expires is not None
-        results = []
-        # Requests every 25 ms until well past the first set's expiry (which the gateway enforces).
-        deadline = time.monotonic() + seconds_until(first.expires) + 1.0
-        while time.monotonic() < deadline:
-            results.append(await timed_get(client, stack))
-            await asyncio.sleep(0.025)
-    finally:
-        await stop_tap(tap)
+    tap = await start_tap(moto_url, keys, monkeypatch, endpoints, delay=sts_delay)
+    source = ChainCredentialSource(route_for(role_arn=ROLE, duration_seconds=4))
+    stack = await make_stack(keys=keys, credentials=source)
+    first_key, first = next(iter(keys.items()))
+    assert first.expires is not None
+    results = []
+    # Requests every 25 ms until well past the first set's expiry (which the gateway enforces).
+    deadline = time.monotonic() + seconds_until(first.expires) + 1.0
+    while time.monotonic() < deadline:
+        results.append(await timed_get(client, stack))
+        await asyncio.sleep(0.025)
 
     assert {r[2] for r in results} == {200}
     assert len(tap.calls) >= 2 and all(c["RoleArn"] == ROLE and c["DurationSeconds"] == "4" for c in tap.calls)
@@ -102,7 +94,7 @@ async def test_role_refreshes_before_expiry_while_requests_keep_flowing(
 
 
 async def test_signer_never_mixes_two_key_sets(
-    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory,
+    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint, make_stack: StackFactory,
     client: aiohttp.ClientSession,
 ) -> None:
     """Many concurrent requests across several refreshes: each verifies with one set's key, secret
@@ -110,36 +102,30 @@ async def test_signer_never_mixes_two_key_sets(
     aws_env.credentials.write_text(BASE_KEYS)
     aws_env.config.write_text(SHORT_DURATIONS_OK)
     keys: dict[str, Key] = {}
-    tap = await start_tap(moto_url, keys, monkeypatch)
-    try:
-        stack = await make_stack(keys=keys, credentials=ChainCredentialSource(route_for(role_arn=ROLE, duration_seconds=1)))
-        statuses: list[int] = []
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            batch = await asyncio.gather(*(timed_get(client, stack) for _ in range(20)))
-            statuses += [r[2] for r in batch]
-    finally:
-        await stop_tap(tap)
+    tap = await start_tap(moto_url, keys, monkeypatch, endpoints)
+    stack = await make_stack(keys=keys, credentials=ChainCredentialSource(route_for(role_arn=ROLE, duration_seconds=1)))
+    statuses: list[int] = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        batch = await asyncio.gather(*(timed_get(client, stack) for _ in range(20)))
+        statuses += [r[2] for r in batch]
     assert len(tap.calls) >= 4  # several refreshes happened under load
     assert len(statuses) > 200 and set(statuses) == {200}
 
 
 async def test_session_name_and_external_id_reach_sts(
-    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch,
+    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint,
 ) -> None:
     aws_env.credentials.write_text(BASE_KEYS)
     expected_default = f"sigv4-proxy-{socket.gethostname()}"[:64]
-    tap = await start_tap(moto_url, {}, monkeypatch)
-    try:
-        source = ChainCredentialSource(route_for(role_arn=ROLE, external_id="ext-123"))
-        await source.start()
-        await source.close()
-        monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "ci-run-42")
-        named = ChainCredentialSource(route_for(role_arn=ROLE))
-        await named.start()
-        await named.close()
-    finally:
-        await stop_tap(tap)
+    tap = await start_tap(moto_url, {}, monkeypatch, endpoints)
+    source = ChainCredentialSource(route_for(role_arn=ROLE, external_id="ext-123"))
+    await source.start()
+    await source.close()
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "ci-run-42")
+    named = ChainCredentialSource(route_for(role_arn=ROLE))
+    await named.start()
+    await named.close()
     default, from_env = tap.calls
     assert default["RoleSessionName"] == expected_default
     assert default["ExternalId"] == "ext-123"
@@ -169,28 +155,25 @@ def test_role_session_name_fits_sts(explicit: str | None, hostname: str, expecte
 
 
 async def test_profile_with_source_profile_and_role_arn_refreshes(
-    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory,
+    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint, make_stack: StackFactory,
     client: aiohttp.ClientSession,
 ) -> None:
     aws_env.credentials.write_text(BASE_KEYS.replace("[default]", "[base]"))
     aws_env.config.write_text(f"[profile app]\nrole_arn = {ROLE}\nsource_profile = base\n"
                                "duration_seconds = 2\nparameter_validation = false\n")
     keys: dict[str, Key] = {}
-    tap = await start_tap(moto_url, keys, monkeypatch)
-    try:
-        source = ChainCredentialSource(route_for(profile="app"))
-        stack = await make_stack(keys=keys, credentials=source)
-        assert source.describe().startswith(f"profile app (assume-role {ROLE}), expires ")
-        first = next(iter(keys.values()))
-        assert first.expires is not None
-        statuses = []
-        deadline = time.monotonic() + seconds_until(first.expires) + 1.0
-        while time.monotonic() < deadline:
-            statuses.append((await timed_get(client, stack))[2])
-            await asyncio.sleep(0.1)
-        statuses.append((await timed_get(client, stack))[2])  # well after the first set expired
-    finally:
-        await stop_tap(tap)
+    tap = await start_tap(moto_url, keys, monkeypatch, endpoints)
+    source = ChainCredentialSource(route_for(profile="app"))
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith(f"profile app (assume-role {ROLE}), expires ")
+    first = next(iter(keys.values()))
+    assert first.expires is not None
+    statuses = []
+    deadline = time.monotonic() + seconds_until(first.expires) + 1.0
+    while time.monotonic() < deadline:
+        statuses.append((await timed_get(client, stack))[2])
+        await asyncio.sleep(0.1)
+    statuses.append((await timed_get(client, stack))[2])  # well after the first set expired
     assert set(statuses) == {200}
     assert len(tap.calls) >= 2 and {c["RoleArn"] for c in tap.calls} == {ROLE}
 
