@@ -85,12 +85,12 @@ def in_container() -> bool:
     return any(m in os.environ for m in marks) or Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
 
 
-def watched_files(route: Route) -> tuple[tuple[str, int, int], ...]:
-    """The AWS config and credentials files' identity: an edit changes it, and we resolve again."""
-    session = botocore.session.Session(profile=route.profile)
+def watched_files() -> tuple[tuple[str, int, int], ...]:
+    """The AWS config and credentials files' identity: an edit changes it, and we resolve again.
+    (Where botocore looks: AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/.)"""
     seen = []
-    for variable in ("config_file", "credentials_file"):
-        path = os.path.expanduser(session.get_config_variable(variable))
+    for variable, default in (("AWS_CONFIG_FILE", "~/.aws/config"), ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")):
+        path = os.path.expanduser(os.environ.get(variable) or default)
         try:
             stat = os.stat(path)
             seen.append((path, stat.st_mtime_ns, stat.st_size))

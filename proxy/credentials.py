@@ -91,7 +91,7 @@ class ChainCredentialSource:
         """Resolve once (raises CredentialsUnavailable: start-up fails fast), then keep fresh."""
         if self._keeper is not None:
             return  # one source may serve several routes
-        self._files = await asyncio.to_thread(watched_files, self._route)
+        self._files = await asyncio.to_thread(watched_files)
         self._current = await asyncio.to_thread(resolve, self._route)
         self._keeper = asyncio.create_task(self._keep_fresh(), name=f"credentials {self._route.prefix}")
 
@@ -119,6 +119,8 @@ class ChainCredentialSource:
             if current.expiry is not None and now >= self._refresh_from(current):
                 self._refresh_in_background(force=False, why="they expire soon")  # in case the keeper lags
             return current.credentials
+        if self._failure is not None and now < current.expiry:
+            return current.credentials  # refreshing fails already: the keeper retries, no request waits
         await self._refresh(force=False, why="they expire now")
         latest = self._current
         assert latest is not None
@@ -190,7 +192,7 @@ class ChainCredentialSource:
         while True:
             await asyncio.sleep(self._next_check())
             try:
-                files = await asyncio.to_thread(watched_files, self._route)
+                files = await asyncio.to_thread(watched_files)
                 current = self._current
                 assert current is not None
                 if files != self._files:
