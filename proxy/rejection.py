@@ -35,7 +35,10 @@ async def token_rejection(upstream: aiohttp.ClientResponse) -> tuple[str | None,
     if error_type:
         return (error_type if error_type in TOKEN_ERROR_TYPES else None), b""
     head = bytearray()
-    while len(head) < HEAD_LIMIT and (chunk := await upstream.content.read(HEAD_LIMIT - len(head))):
-        head += chunk
+    try:
+        while len(head) < HEAD_LIMIT and (chunk := await upstream.content.read(HEAD_LIMIT - len(head))):
+            head += chunk
+    except (aiohttp.ClientError, TimeoutError):
+        return None, bytes(head)  # the body broke off: streaming the rest reports it (forward.py)
     found = TOKEN_MESSAGE.search(head.decode("utf-8", "replace"))
     return (found.group(0) if found else None), bytes(head)

@@ -10,13 +10,13 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import aiohttp
 import botocore.credentials
 import pytest
 
-from conftest import SIGN_HOST, Stack, StackFactory
+from conftest import Stack, StackFactory
 from credential_servers import (  # noqa: F401 (aws_env, endpoints, hanging_port: fixtures)
     AwsFiles, Issuer, SsoPortal, StartEndpoint, aws_env, closed_port, endpoints, hanging_port, sso_login,
 )
