@@ -82,6 +82,7 @@ class ChainCredentialSource:
         self._inflight: asyncio.Task[None] | None = None
         self._inflight_forced = False
         self._failure: str | None = None  # why the last refresh failed, until one succeeds
+        self._starting: asyncio.Future[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._closed = False
         self.refreshes = 0
@@ -89,8 +90,11 @@ class ChainCredentialSource:
 
     async def start(self) -> None:
         """Resolve once (raises CredentialsUnavailable: start-up fails fast), then keep fresh."""
-        if self._keeper is not None:
-            return  # one source may serve several routes
+        if self._starting is None:  # one source may serve several routes, started side by side
+            self._starting = asyncio.ensure_future(self._start())
+        await self._starting
+
+    async def _start(self) -> None:
         self._files = await asyncio.to_thread(watched_files)
         self._current = await asyncio.to_thread(resolve, self._route)
         self._keeper = asyncio.create_task(self._keep_fresh(), name=f"credentials {self._route.prefix}")

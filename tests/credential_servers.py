@@ -10,6 +10,7 @@ each call (parameters and timing), can make STS slow, and registers what moto is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,12 +24,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from conftest import SIGN_HOST, Stack
+from proxy.config import Route, Settings, resolve_routes
 from proxy.fake_aws import Key, Listening, listen
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -248,3 +252,29 @@ async def hanging_port() -> AsyncIterator[int]:
     release.set()
     server.close()
     await server.wait_closed()
+
+
+_KEY_ID = re.compile(r"Credential=([^/]+)/")
+
+
+def route_for(**fields: Any) -> Route:
+    """The route a user's settings make, with fields (a short STS duration) set past validation."""
+    route = resolve_routes(Settings(upstream="http://127.0.0.1:9", sign_host=SIGN_HOST))[0]
+    return dataclasses.replace(route, **fields)
+
+
+async def timed_get(client: aiohttp.ClientSession, stack: Stack) -> tuple[float, float, int, str, datetime]:
+    """(started, seconds, status, access key the gateway saw, wall-clock start) for one request."""
+    wall, started = datetime.now(timezone.utc), time.monotonic()
+    async with client.get(stack.url / "prod" / "items") as resp:
+        payload = await resp.json()
+        status = resp.status
+    key = ""
+    if status == 200:
+        auth = dict((n.lower(), v) for n, v in payload["headers"])["authorization"]
+        key = _KEY_ID.search(auth).group(1)  # type: ignore[union-attr]
+    return started, time.monotonic() - started, status, key, wall
+
+
+def seconds_until(moment: datetime) -> float:
+    return (moment - datetime.now(timezone.utc)).total_seconds()

@@ -16,14 +16,14 @@ import aiohttp
 import botocore.credentials
 import pytest
 
-from conftest import Stack, StackFactory
+from conftest import SIGN_HOST, Stack, StackFactory
 from credential_servers import (  # noqa: F401 (aws_env, endpoints, hanging_port: fixtures)
-    AwsFiles, Issuer, SsoPortal, StartEndpoint, aws_env, closed_port, endpoints, hanging_port, sso_login,
+    AwsFiles, Issuer, SsoPortal, StartEndpoint, aws_env, closed_port, endpoints, hanging_port, route_for,
+    seconds_until, sso_login, timed_get,
 )
 from proxy.credentials import ChainCredentialSource, CredentialsUnavailable
 from proxy.fake_aws import Key
 from proxy.signing import Credentials
-from test_credentials_sts import route_for, seconds_until, timed_get
 
 
 async def get_until_past(client: aiohttp.ClientSession, stack: Stack, moment: datetime, extra: float = 0.7) -> list[tuple]:
@@ -278,3 +278,18 @@ async def test_sso_login_after_the_session_ended_is_picked_up_without_restart(
     after = await timed_get(client, stack)
     assert "run `aws sso login --profile dev`" in detail and "profile dev (sso)" in detail
     assert after[2] == 200
+
+
+async def test_one_source_serving_two_routes_resolves_once(
+    aws_env: AwsFiles, endpoints: StartEndpoint, monkeypatch: pytest.MonkeyPatch, make_stack: StackFactory,
+    client: aiohttp.ClientSession,
+) -> None:
+    keys: dict[str, Key] = {}
+    issuer = Issuer(keys, lifetime=3600.0)
+    endpoint = await endpoints(issuer.container)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{endpoint.url}/v2/credentials")
+    source = ChainCredentialSource(route_for())
+    upstream = "http://127.0.0.1:9"
+    stack = await make_stack(keys=keys, credentials=source, settings={"routes": [{"prefix": "/a", "upstream": upstream, "sign_host": SIGN_HOST}]})
+    assert len(stack.proxy.routes) == 2 and issuer.fetches == 1
+    assert (await timed_get(client, stack))[2] == 200

@@ -4,19 +4,18 @@ never mixing two key sets; session names STS accepts; profiles with source_profi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import socket
 import time
-from datetime import datetime, timezone
-from typing import Any
 
 import aiohttp
 import pytest
 
-from conftest import SIGN_HOST, Stack, StackFactory
-from credential_servers import AwsFiles, StartEndpoint, StsTap, aws_env, endpoints, moto_url  # noqa: F401
-from proxy.config import ConfigError, Route, Settings, resolve_routes
+from conftest import SIGN_HOST, StackFactory
+from credential_servers import (  # noqa: F401 (aws_env, endpoints, moto_url: fixtures)
+    AwsFiles, StartEndpoint, StsTap, aws_env, endpoints, moto_url, route_for, seconds_until, timed_get,
+)
+from proxy.config import ConfigError, Settings, resolve_routes
 from proxy.credential_chain import role_session_name
 from proxy.credentials import ChainCredentialSource
 from proxy.fake_aws import Key
@@ -25,13 +24,6 @@ ROLE = "arn:aws:iam::123456789012:role/api-caller"
 BASE_KEYS = "[default]\naws_access_key_id = AKIDBASEKEY0001\naws_secret_access_key = base-secret-0001\n"
 # botocore refuses DurationSeconds under STS's 900 before sending; these tests need seconds.
 SHORT_DURATIONS_OK = "[default]\nparameter_validation = false\n"
-_KEY_ID = re.compile(r"Credential=([^/]+)/")
-
-
-def route_for(**fields: Any) -> Route:
-    """The route a user's settings make, with fields (a short STS duration) set past validation."""
-    route = resolve_routes(Settings(upstream="http://127.0.0.1:9", sign_host=SIGN_HOST))[0]
-    return dataclasses.replace(route, **fields)
 
 
 async def start_tap(
@@ -41,23 +33,6 @@ async def start_tap(
     server = await endpoints(tap.handle)
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", str(server.url))
     return tap
-
-
-async def timed_get(client: aiohttp.ClientSession, stack: Stack) -> tuple[float, float, int, str, datetime]:
-    """(started, seconds, status, access key the gateway saw, wall-clock start) for one request."""
-    wall, started = datetime.now(timezone.utc), time.monotonic()
-    async with client.get(stack.url / "prod" / "items") as resp:
-        payload = await resp.json()
-        status = resp.status
-    key = ""
-    if status == 200:
-        auth = dict((n.lower(), v) for n, v in payload["headers"])["authorization"]
-        key = _KEY_ID.search(auth).group(1)  # type: ignore[union-attr]
-    return started, time.monotonic() - started, status, key, wall
-
-
-def seconds_until(moment: datetime) -> float:
-    return (moment - datetime.now(timezone.utc)).total_seconds()
 
 
 async def test_role_refreshes_before_expiry_while_requests_keep_flowing(
