@@ -170,3 +170,24 @@ def test_duration_outside_sts_bounds_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="routes.0.duration_seconds"):
         load_settings({"routes": [{"upstream": "http://127.0.0.1:9", "role_arn": ROLE, "duration_seconds": 60}]}, None)
+
+
+async def test_web_identity_token_file(
+    aws_env: AwsFiles, moto_url: str, monkeypatch: pytest.MonkeyPatch, endpoints: StartEndpoint,
+    make_stack: StackFactory, client: aiohttp.ClientSession,
+) -> None:
+    """EKS IRSA and GitHub Actions OIDC: a token file and a role, exchanged at STS."""
+    token = aws_env.home / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+    monkeypatch.setenv("AWS_ROLE_SESSION_NAME", "pod-7")
+    keys: dict[str, Key] = {}
+    tap = await start_tap(moto_url, keys, monkeypatch, endpoints)
+    source = ChainCredentialSource(route_for())
+    stack = await make_stack(keys=keys, credentials=source)
+    assert source.describe().startswith("web identity, expires ")
+    assert (await timed_get(client, stack))[2] == 200
+    assert [(c["Action"], c["RoleArn"], c["RoleSessionName"]) for c in tap.calls] == [
+        ("AssumeRoleWithWebIdentity", ROLE, "pod-7")
+    ]
