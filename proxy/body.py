@@ -8,6 +8,7 @@ with 413 (DESIGN.md fact 6). A spooled body can be sent again (a retry after a c
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from typing import IO
@@ -29,10 +30,12 @@ class Body:
     file: IO[bytes] | None = field(default=None, repr=False)
 
     def payload(self) -> bytes | IO[bytes] | None:
-        """What to hand the HTTP client; a spilled file is rewound so it can be sent again."""
+        """What to hand the HTTP client. aiohttp closes a file payload once it is sent, so a spilled
+        body goes out through a descriptor of its own (os.dup), rewound: it can be sent again."""
         if self.file is not None:
-            self.file.seek(0)
-            return self.file
+            handle = os.fdopen(os.dup(self.file.fileno()), "rb")
+            handle.seek(0)
+            return handle
         return self.data if self.size else None
 
     def close(self) -> None:

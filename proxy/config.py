@@ -55,7 +55,7 @@ class RouteSettings(BaseModel):
     role_arn: str | None = None
     role_session_name: str | None = None
     external_id: str | None = None
-    duration_seconds: int | None = None
+    duration_seconds: int | None = Field(None, ge=900, le=43200)  # STS AssumeRole's own bounds
     strip_prefix: bool = False
     origin_path: str = ""
     signed_headers: list[str] = Field(default_factory=list)
@@ -240,6 +240,8 @@ def _resolve_route(spec: RouteSettings, shared_headers: list[str]) -> Route:
             f"cannot infer region/service from signing host {sign_host!r} (a custom domain?): "
             f"set {missing} (e.g. --region us-east-1 --service execute-api)"
         )
+    if not spec.role_arn and (spec.external_id or spec.role_session_name or spec.duration_seconds):
+        raise ConfigError("external_id, role_session_name and duration_seconds need a role_arn (--role-arn) to assume")
     prefix = "/" + spec.prefix.strip("/") if spec.prefix.strip("/") else "/"
     origin = f"{upstream.scheme}://{upstream.raw_authority}"
     return Route(

@@ -26,8 +26,9 @@ from proxy.credentials import CredentialsUnavailable, CredentialSource
 from proxy.diagnose import DIAGNOSIS_HEADER
 from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
-from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing
-from proxy.signing import SignedRequest, sign
+from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing, read_refusal
+from proxy.rejection import token_rejection
+from proxy.signing import Credentials, SignedRequest, sign
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -119,24 +120,12 @@ class Forwarder:
         body = await self.read_request_body(request)
         exchange.bytes_in = body.size
         try:
-            exchange.stage = "signing"
-            headers, signed = await self.sign_request(active, request, target, body)
-            if self._settings.debug_signing:
-                log_signing(exchange, route, signed)
-            exchange.stage = "sending"
-            sent = time.monotonic()
-            upstream = await self.send(route, request.method, target, headers, body)
-            exchange.upstream_ttfb = time.monotonic() - sent
+            upstream, signed, head = await self.sign_and_send(active, request, target, body, exchange)
         finally:
             body.close()
         exchange.stage = "streaming"
-        head = b""
         if upstream.status == 403:  # say why AWS said no (diagnose.py); status and body pass unchanged
-            try:
-                head = await explain_refusal(exchange, upstream, signed, route, self._settings.debug_signing)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                upstream.close()
-                raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {exc}") from None
+            explain_refusal(exchange, upstream, head, signed, route, self._settings.debug_signing)
         return await self.stream_response(request, upstream, exchange, head)
 
     def match_route(self, path: str) -> ActiveRoute:
@@ -165,15 +154,55 @@ class Forwarder:
         except ConnectionResetError as exc:
             raise ProxyError(400, "request body incomplete", str(exc), close=True) from None
 
-    async def sign_request(
-        self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body
-    ) -> tuple[CIMultiDict[str], SignedRequest]:
+    async def sign_and_send(
+        self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body, exchange: Exchange
+    ) -> tuple[aiohttp.ClientResponse, SignedRequest, bytes]:
+        """Sign and send; after an upstream "token expired/invalid" 403, once more with refreshed
+        credentials (every body is spooled by body.py, so it can be sent again). Returns the
+        response, what was signed, and the head of a 403's body, read already to tell why."""
         route = active.route
-        headers = upstream_request_headers(request.headers, route.signed_headers)
+        for attempt in (1, 2):
+            exchange.stage = "signing"
+            credentials = await self.current_credentials(active)
+            headers, signed = self.sign_request(route, request, target, body, credentials)
+            if self._settings.debug_signing:
+                log_signing(exchange, route, signed)
+            exchange.stage = "sending"
+            sent = time.monotonic()
+            upstream = await self.send(route, request.method, target, headers, body)
+            exchange.upstream_ttfb = time.monotonic() - sent
+            if upstream.status != 403:
+                return upstream, signed, b""
+            head = await self.read_refusal(route, upstream)
+            rejected = token_rejection(upstream.headers, head)
+            if rejected is None or attempt == 2:
+                return upstream, signed, head
+            if not await active.credentials.force_refresh(credentials):
+                log.warning("%s %s: upstream says %s and refreshing gave no new credentials",
+                            request.method, _loggable(request), rejected)
+                return upstream, signed, head
+            log.warning("%s %s: upstream says %s; credentials refreshed, retrying once",
+                        request.method, _loggable(request), rejected)
+            upstream.close()
+        raise AssertionError("unreachable: the second attempt always returns")
+
+    async def read_refusal(self, route: Route, upstream: aiohttp.ClientResponse) -> bytes:
         try:
-            credentials = await active.credentials.get()
+            return await read_refusal(upstream)
+        except aiohttp.ClientError as exc:
+            upstream.close()
+            raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {exc}") from None
+
+    async def current_credentials(self, active: ActiveRoute) -> Credentials:
+        try:
+            return await active.credentials.get()
         except CredentialsUnavailable as exc:
             raise ProxyError(503, "credentials unavailable", str(exc)) from None
+
+    def sign_request(
+        self, route: Route, request: web.BaseRequest, target: Target, body: Body, credentials: Credentials
+    ) -> tuple[CIMultiDict[str], SignedRequest]:
+        headers = upstream_request_headers(request.headers, route.signed_headers)
         to_sign = [("host", route.sign_host)]
         to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
         signed = sign(

@@ -33,3 +33,5 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("botocore").setLevel(logging.WARNING)  # its debug output includes request details
+    # A failed refresh is reported once by proxy.credentials; botocore's own copy has a traceback.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)

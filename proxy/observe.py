@@ -153,15 +153,19 @@ async def read_head(content: aiohttp.StreamReader, limit: int, wait: float) -> b
     return b"".join(chunks)
 
 
-async def explain_refusal(
-    exchange: Exchange, upstream: aiohttp.ClientResponse, signed: SignedRequest, route: Route, debug: bool
-) -> bytes:
-    """Read the head of an upstream 403, diagnose it and log one line; return the bytes read,
-    which the caller sends on unchanged before the rest of the body."""
-    head = await read_head(upstream.content, REFUSAL_BODY_LIMIT, REFUSAL_READ_WAIT)
+async def read_refusal(upstream: aiohttp.ClientResponse) -> bytes:
+    """The head of a 403's body (error bodies are small), which the caller must send on unchanged
+    before the rest of the body."""
+    return await read_head(upstream.content, REFUSAL_BODY_LIMIT, REFUSAL_READ_WAIT)
+
+
+def explain_refusal(
+    exchange: Exchange, upstream: aiohttp.ClientResponse, head: bytes, signed: SignedRequest, route: Route, debug: bool
+) -> None:
+    """Diagnose an upstream 403 from its headers and the head of its body; log one line."""
     refusal = diagnose.parse_refusal(upstream.headers, head)
     if refusal is None:
-        return head  # the application's own 403, not AWS's auth
+        return  # the application's own 403, not AWS's auth
     found = diagnose.diagnose(refusal, signed.canonical_request, route_facts(route), datetime.now(timezone.utc))
     exchange.diagnosis = found
     log.warning(
@@ -173,7 +177,6 @@ async def explain_refusal(
         if theirs is not None:
             signing_log.info("AWS's canonical request for %s %s:\n%s", exchange.method, exchange.path,
                              redact.canonical_request(theirs))
-    return head
 
 
 def log_signing(exchange: Exchange, route: Route, signed: SignedRequest) -> None:

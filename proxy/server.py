@@ -84,6 +84,7 @@ class RunningProxy:
         await self.server.wait_closed()
         await self.handler.shutdown(grace)
         await self.session.close()
+        await asyncio.gather(*(a.credentials.close() for a in self.routes))
 
 
 CredentialFactory = Callable[[Route], CredentialSource]
@@ -99,8 +100,10 @@ async def start_proxy(
     check_exposure(settings)
     addons = [*safety_addons(settings), *addons]
     active = [ActiveRoute(route, credentials_for(route)) for route in routes]
-    await asyncio.gather(*(a.credentials.start() for a in active))
     async with AsyncExitStack() as stack:
+        for a in active:  # stop every route's credential refresher if start-up fails past here
+            stack.push_async_callback(a.credentials.close)
+        await asyncio.gather(*(a.credentials.start() for a in active))
         session = client_session(settings)
         stack.push_async_callback(session.close)
         metrics = ProxyMetrics()

@@ -56,7 +56,9 @@ async def make_stack() -> AsyncIterator[StackFactory]:
         credentials: CredentialSource | None = None,
         addons: tuple[Addon, ...] = (),
     ) -> Stack:
-        gateway = FakeApiGateway(keys or {CREDENTIALS.access_key: Key(CREDENTIALS)}, REGION, handler=handler)
+        # `keys` is used as given (even empty): credential tests register what their issuers hand out.
+        keys = {CREDENTIALS.access_key: Key(CREDENTIALS)} if keys is None else keys
+        gateway = FakeApiGateway(keys, REGION, handler=handler)
         gateway_server: Listening = await listen(gateway.handle)
         closers.append(gateway_server.close)
         session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))

@@ -85,11 +85,11 @@ async def test_absolute_form_target_never_changes_the_upstream(stack: Stack) -> 
     assert stack.gateway.seen == []
 
 
-class _Unavailable:
-    async def start(self) -> None: ...
-    async def force_refresh(self) -> None: ...
-    def describe(self) -> str:
-        return "broken"
+class _Unavailable(StaticCredentialSource):
+    """A source whose credentials are gone (e.g. an SSO session that ended)."""
+
+    def __init__(self) -> None:
+        super().__init__(Credentials("AK", "SK"), "broken")
 
     async def get(self) -> Credentials:
         raise CredentialsUnavailable("credentials for route / unavailable (sso token expired): run `aws sso login --profile dev`")

@@ -96,7 +96,7 @@ async def test_no_secret_in_any_log_line_or_error(make_stack: StackFactory, all_
                     lambda _r: source, lines.append)
     await run_check(Settings(upstream="http://127.0.0.1:9", sign_host=SIGN_HOST, debug_signing=True),
                     "/prod/x?X-Amz-Signature=" + PRESIGN_SECRETS["X-Amz-Signature"], lambda _r: source, lines.append)
-    assert "X-Amz-Signature=<redacted>" in all_logs.getvalue()
+    assert "X-Amz-Signature" not in all_logs.getvalue()  # a presigned URL's auth never gets signed
 
     assert statuses.count(200) == 42 and statuses.count(403) == 5 and {413, 502} <= set(statuses), statuses
     signatures = {re.search(r"Signature=(\w+)", h[1]).group(1)  # type: ignore[union-attr]
