@@ -51,6 +51,9 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--ca-bundle", dest="ca_bundle", type=Path, metavar="FILE", help="CA bundle for upstream TLS")
     p.add_argument("--insecure", action="store_true", help="do not verify upstream TLS (logs a warning)")
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    # Graceful shutdown (sidecar containers)
+    p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, let in-flight requests finish this long (default 10)")
     return p
 
 
@@ -88,7 +91,7 @@ async def run_proxy(settings: Settings) -> int:
     proxy = await start_proxy(settings, resolve_routes(settings))
     for line in describe_routes(proxy):
         log.info("%s", line)
-    await serve_until_signalled(proxy)
+    await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0
 
 

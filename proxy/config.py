@@ -83,6 +83,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Graceful shutdown (sidecar containers): how long SIGTERM/SIGINT waits for in-flight requests.
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight requests may finish after a stop signal")
+
     @field_validator("listen")
     @classmethod
     def _listen_is_host_port(cls, value: str) -> str:

@@ -56,7 +56,9 @@ async def run_demo(settings: Settings) -> int:
         settings = settings.model_copy(update={"upstream": upstream, "sign_host": DEMO_SIGN_HOST, "routes": []})
         routes: list[Route] = resolve_routes(settings)
         proxy = await start_proxy(settings, routes, lambda _r: StaticCredentialSource(DEMO_CREDENTIALS, "demo keys"))
-        base = f"http://{proxy.host}:{proxy.port}"
+        # Bound to every interface (as in the container image), the proxy is reached via loopback.
+        host = "127.0.0.1" if proxy.host in ("0.0.0.0", "::") else proxy.host
+        base = f"http://{host}:{proxy.port}"
         for line in describe_routes(proxy):
             log.info("demo: %s", line)
         print(
@@ -69,5 +71,5 @@ async def run_demo(settings: Settings) -> int:
             "Ctrl-C stops it.\n",
             flush=True,
         )
-        await serve_until_signalled(proxy)
+        await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0

@@ -29,6 +29,8 @@ log = logging.getLogger("sigv4_proxy")
 aiohttp.web_protocol.HttpRequestParser = aiohttp.http_parser.HttpRequestParserPy  # type: ignore[misc]
 
 READ_BUFSIZE = 256 * 1024
+# docker stop / Kubernetes send SIGTERM, Ctrl-C sends SIGINT: both start a graceful shutdown.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartupError(RuntimeError):
@@ -76,9 +78,25 @@ class RunningProxy:
     port: int
 
     async def close(self, grace: float = 10.0) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-        await self.handler.shutdown(grace)
+        """Refuse new connections, give in-flight requests `grace` seconds, then cut what is left.
+
+        The library calls alone get this wrong: `asyncio.Server.wait_closed()` waits for every
+        connection to end on uvloop (and CPython >= 3.12.1), so one idle keep-alive client blocks
+        it forever; aiohttp's `Server.shutdown(t)` leaves idle connections waiting for a next
+        request until t runs out, waits t for a busy handler and then t again after cancelling
+        its request, and takes t=0 to mean no limit at all.
+        """
+        self.server.close()  # the listening socket closes now: connecting gets ECONNREFUSED
+        await asyncio.sleep(0)  # requests already read off accepted sockets reach their handlers
+        self.handler.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
+        if grace > 0:
+            try:
+                async with asyncio.timeout(grace):
+                    await self.handler.shutdown(grace)
+            except TimeoutError:
+                log.warning("shutdown: requests still running after %gs (--shutdown-grace): cutting them", grace)
+        for connection in self.handler.connections:
+            connection.force_close()  # its handler is cancelled (handler_cancellation), upstream closed
         await self.session.close()
 
 
@@ -149,13 +167,24 @@ async def serve_until_signalled(proxy: RunningProxy, grace: float = 10.0) -> Non
     """Run until SIGINT/SIGTERM, then shut down gracefully; a second signal exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: letting in-flight requests finish (up to %gs)", grace)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: os._exit(0))
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, _exit_now, sig)
+    log.info("shutting down: refusing new connections, in-flight requests may finish within %gs", grace)
     await proxy.close(grace)
+    log.info("stopped")
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    """A second stop signal means "now": skip the drain, and say so in the exit status.
+
+    128 + signal number is the shell's code for "ended by a signal", so a supervisor does not
+    mistake a cut drain for the clean exit 0 of a finished one.
+    """
+    log.warning("%s during shutdown: exiting now, in-flight requests are cut", sig.name)
+    os._exit(128 + sig)
 
 
 def run(main: Callable[[], Awaitable[int]]) -> int:
