@@ -80,11 +80,11 @@ class RunningProxy:
     async def close(self, grace: float = 10.0) -> None:
         """Refuse new connections, give in-flight requests `grace` seconds, then cut what is left.
 
-        The library calls alone get this wrong: `asyncio.Server.wait_closed()` waits for every
-        connection to end on uvloop (and CPython >= 3.12.1), so one idle keep-alive client blocks
-        it forever; aiohttp's `Server.shutdown(t)` leaves idle connections waiting for a next
-        request until t runs out, waits t for a busy handler and then t again after cancelling
-        its request, and takes t=0 to mean no limit at all.
+        The library calls alone get this wrong. aiohttp's `Server.shutdown(t)` leaves idle
+        keep-alive connections waiting for a next request until t runs out, waits t for a busy
+        handler and then t again after cancelling its request, and takes t=0 to mean no limit.
+        `asyncio.Server.wait_closed()` (CPython >= 3.12.1 without uvloop) waits for every
+        connection to end, so it must not come before the connections are closed.
         """
         self.server.close()  # the listening socket closes now: connecting gets ECONNREFUSED
         await asyncio.sleep(0)  # requests already read off accepted sockets reach their handlers
