@@ -13,9 +13,8 @@ from typing import Any
 
 from proxy.config import ConfigError, Settings, load_settings, resolve_routes
 from proxy.credentials import CredentialsUnavailable
-from proxy.server import StartupError, describe_routes, run, serve_until_signalled, start_proxy
+from proxy.server import StartupError, run, serve_until_signalled, start_proxy
 
-log = logging.getLogger("sigv4_proxy")
 COMMANDS = ("run", "demo")
 
 
@@ -89,8 +88,6 @@ def configure_logging(level: str) -> None:
 
 async def run_proxy(settings: Settings) -> int:
     proxy = await start_proxy(settings, resolve_routes(settings))
-    for line in describe_routes(proxy):
-        log.info("%s", line)
     await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0
 

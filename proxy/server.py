@@ -164,11 +164,16 @@ def describe_routes(proxy: RunningProxy) -> list[str]:
 
 
 async def serve_until_signalled(proxy: RunningProxy, grace: float = 10.0) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully; a second signal exits at once."""
+    """Log where the proxy listens, run until SIGINT/SIGTERM, then shut down gracefully; a
+    second signal exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    # Announce only now: from the first "listening" line on, a stop signal drains gracefully
+    # (logged any earlier, a SIGTERM sent on seeing it could still meet the default action).
+    for line in describe_routes(proxy):
+        log.info("%s", line)
     await stop.wait()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, _exit_now, sig)

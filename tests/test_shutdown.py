@@ -108,7 +108,7 @@ async def test_in_flight_stream_and_request_finish_new_connections_refused_exit_
 async def test_stream_longer_than_grace_is_cut_at_the_grace_period(
     start_proxy, client: aiohttp.ClientSession
 ) -> None:
-    proxy = await start_proxy("--shutdown-grace", "1.5")
+    proxy = await start_proxy("--shutdown-grace", "2")
     stream = await client.get(proxy.url / "prod" / "events", params={"count": "100", "interval": "0.1"})
     await read_event(stream)
 
@@ -117,7 +117,8 @@ async def test_stream_longer_than_grace_is_cut_at_the_grace_period(
         await stream.read()  # the stream ends without its terminating chunk: visibly truncated
     assert await proxy.exit_code(within=10) == 0
     took = time.monotonic() - signalled
-    assert 1.4 <= took < 2.5, f"exited {took:.2f}s after SIGTERM with a 1.5 s grace period"
+    # Not sooner (the stream had its grace), not much later (aiohttp alone would take twice as long).
+    assert 1.9 <= took < 3.5, f"exited {took:.2f}s after SIGTERM with a 2 s grace period"
 
 
 async def test_zero_grace_cuts_at_once(start_proxy, client: aiohttp.ClientSession) -> None:
@@ -129,7 +130,7 @@ async def test_zero_grace_cuts_at_once(start_proxy, client: aiohttp.ClientSessio
     with pytest.raises(aiohttp.ClientPayloadError):
         await stream.read()
     assert await proxy.exit_code(within=10) == 0
-    assert time.monotonic() - signalled < 1.0
+    assert time.monotonic() - signalled < 2.0
 
 
 async def test_idle_keep_alive_connections_do_not_delay_exit(start_proxy) -> None:
@@ -144,7 +145,7 @@ async def test_idle_keep_alive_connections_do_not_delay_exit(start_proxy) -> Non
 
     signalled = proxy.send(signal.SIGTERM)
     assert await proxy.exit_code(within=10) == 0
-    assert time.monotonic() - signalled < 1.0
+    assert time.monotonic() - signalled < 2.0
     assert await reader.read() == b""  # the proxy closed the idle connection itself
     writer.close()
 
@@ -160,9 +161,18 @@ async def test_second_signal_exits_at_once(start_proxy, client: aiohttp.ClientSe
     # Exit status 128 + signal number, the shell's convention for "stopped by a signal": the drain
     # was cut short, so a supervisor must not read this as a clean exit.
     assert await proxy.exit_code(within=5) == 128 + signal.SIGINT
-    assert time.monotonic() - second < 1.0
+    assert time.monotonic() - second < 2.0
     with pytest.raises(aiohttp.ClientPayloadError):
         await stream.read()
+
+
+async def test_sigterm_on_the_listening_line_is_already_graceful(start_proxy) -> None:
+    """The listening line is the readiness signal: a stop sent the moment it appears must not meet
+    the default action of SIGTERM (death, status -15). A race, so several tries."""
+    for _ in range(5):
+        proxy = await start_proxy()
+        proxy.send(signal.SIGTERM)
+        assert await proxy.exit_code(within=10) == 0, "".join(proxy.log)
 
 
 async def test_demo_finishes_its_event_stream_after_sigterm(client: aiohttp.ClientSession) -> None:
