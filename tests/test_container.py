@@ -57,13 +57,14 @@ def test_check_container_script_passes() -> None:
     [
         ("Dockerfile", "USER 10001:10001", "USER root", "DL3002"),  # hadolint: last USER root
         ("docker-compose.yml", "stop_grace_period: 15s", "stop_grace_period: [15]", "docker-compose exited"),
+        (".dockerignore", "!README.md\n", "", "COPY README.md: not in the build context"),
     ],
-    ids=["root-user", "invalid-compose"],
+    ids=["root-user", "invalid-compose", "copied-file-ignored"],
 )
 def test_check_container_script_fails_on_a_broken_file(
     tmp_path: Path, file: str, old: str, new: str, reason: str
 ) -> None:
-    for name in ("Dockerfile", "docker-compose.yml", "pyproject.toml", "README.md"):
+    for name in ("Dockerfile", "docker-compose.yml", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, tmp_path / name)
     (tmp_path / "scripts").mkdir()
     shutil.copy2(CHECK, tmp_path / "scripts" / "check-container")
