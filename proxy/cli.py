@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -14,9 +13,8 @@ from typing import Any
 from proxy.config import ConfigError, Settings, load_settings, resolve_routes
 from proxy.credentials import CredentialsUnavailable
 from proxy.logs import configure_logging
-from proxy.server import StartupError, describe_routes, run, serve_until_signalled, start_proxy
+from proxy.server import StartupError, run, serve_until_signalled, start_proxy
 
-log = logging.getLogger("sigv4_proxy")
 COMMANDS = ("run", "demo", "check")
 
 
@@ -76,6 +74,10 @@ def _options() -> argparse.ArgumentParser:
                    help="log each canonical request and string to sign (secrets masked)")
     p.add_argument("--reserved-prefix", dest="reserved_prefix", metavar="PATH",
                    help="path prefix of the proxy's own health and metrics endpoints (default /__sigv4proxy/)")
+
+    # Graceful shutdown (sidecar containers)
+    p.add_argument("--shutdown-grace", dest="shutdown_grace", type=float, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, let in-flight requests finish this long (default 10)")
     return p
 
 
@@ -110,9 +112,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 async def run_proxy(settings: Settings) -> int:
     proxy = await start_proxy(settings, resolve_routes(settings))
-    for line in describe_routes(proxy):
-        log.info("%s", line)
-    await serve_until_signalled(proxy)
+    await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0
 
 

@@ -57,7 +57,7 @@ class RouteSettings(BaseModel):
     external_id: str | None = None
     duration_seconds: int | None = Field(None, ge=900, le=43200)  # STS AssumeRole's own bounds
     strip_prefix: bool = False
-    origin_path: str = ""
+    origin_path: str | None = None
     signed_headers: list[str] = Field(default_factory=list)
 
 
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     role_arn: str | None = None
     role_session_name: str | None = None
     external_id: str | None = None
-    origin_path: str = Field("", description="CloudFront origin path: signed, not sent")
+    origin_path: str | None = Field(None, description="CloudFront origin path: signed, not sent")
     signed_headers: list[str] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
 
@@ -136,6 +136,9 @@ class Settings(BaseSettings):
         if not value.strip("/") or "?" in value or "#" in value:
             raise ValueError(f"reserved_prefix must be a path below / such as /__sigv4proxy/, got {value!r}")
         return "/" + value.strip("/") + "/"
+
+    # Graceful shutdown (sidecar containers): how long SIGTERM/SIGINT waits for in-flight requests.
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds in-flight requests may finish after a stop signal")
 
     @field_validator("listen")
     @classmethod
@@ -263,9 +266,9 @@ def _resolve_route(spec: RouteSettings, shared_headers: list[str]) -> Route:
     )
 
 
-def _origin_path(value: str) -> str:
+def _origin_path(value: str | None) -> str:
     """"/prod/" or "prod" -> "/prod"; checked, since it is signed but never sent."""
-    path = "/" + value.strip("/") if value.strip("/") else ""
+    path = "/" + value.strip("/") if value and value.strip("/") else ""
     if path and canonical.wire_path(path) != path:
         raise ConfigError(f"origin_path {value!r} must be a plain path such as /prod")
     return path

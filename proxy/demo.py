@@ -7,7 +7,6 @@ answer really was signed correctly for the API Gateway host while travelling via
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -16,10 +15,8 @@ from aiohttp import web
 from proxy.config import Route, Settings, resolve_routes
 from proxy.credentials import StaticCredentialSource
 from proxy.fake_aws import FakeApiGateway, FakeCloudFront, Key, describe_request, listen
-from proxy.server import describe_routes, serve_until_signalled, start_proxy
+from proxy.server import serve_until_signalled, start_proxy
 from proxy.signing import Credentials
-
-log = logging.getLogger("sigv4_proxy")
 
 DEMO_CREDENTIALS = Credentials("AKIDSIGV4PROXYDEMO", "sigv4-proxy-demo-secret-not-a-real-key")
 DEMO_SIGN_HOST = "demo123abc.execute-api.us-east-1.amazonaws.com"
@@ -56,9 +53,9 @@ async def run_demo(settings: Settings) -> int:
         settings = settings.model_copy(update={"upstream": upstream, "sign_host": DEMO_SIGN_HOST, "routes": []})
         routes: list[Route] = resolve_routes(settings)
         proxy = await start_proxy(settings, routes, lambda _r: StaticCredentialSource(DEMO_CREDENTIALS, "demo keys"))
-        base = f"http://{proxy.host}:{proxy.port}"
-        for line in describe_routes(proxy):
-            log.info("demo: %s", line)
+        # Bound to every interface (as in the container image), the proxy is reached via loopback.
+        host = "127.0.0.1" if proxy.host in ("0.0.0.0", "::") else proxy.host
+        base = f"http://{host}:{proxy.port}"
         print(
             "\nsigv4-proxy demo is running: a local CloudFront + API Gateway that verifies every signature.\n"
             "Try, in another terminal:\n"
@@ -69,5 +66,5 @@ async def run_demo(settings: Settings) -> int:
             "Ctrl-C stops it.\n",
             flush=True,
         )
-        await serve_until_signalled(proxy)
+        await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0

@@ -32,6 +32,8 @@ log = logging.getLogger("sigv4_proxy")
 aiohttp.web_protocol.HttpRequestParser = aiohttp.http_parser.HttpRequestParserPy  # type: ignore[misc]
 
 READ_BUFSIZE = 256 * 1024
+# docker stop / Kubernetes send SIGTERM, Ctrl-C sends SIGINT: both start a graceful shutdown.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartupError(RuntimeError):
@@ -80,9 +82,25 @@ class RunningProxy:
     reserved_prefix: str = "/__sigv4proxy/"
 
     async def close(self, grace: float = 10.0) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-        await self.handler.shutdown(grace)
+        """Refuse new connections, give in-flight requests `grace` seconds, then cut what is left.
+
+        The library calls alone get this wrong. aiohttp's `Server.shutdown(t)` leaves idle
+        keep-alive connections waiting for a next request until t runs out, waits t for a busy
+        handler and then t again after cancelling its request, and takes t=0 to mean no limit.
+        `asyncio.Server.wait_closed()` (CPython >= 3.12.1 without uvloop) waits for every
+        connection to end, so it must not come before the connections are closed.
+        """
+        self.server.close()  # the listening socket closes now: connecting gets ECONNREFUSED
+        await asyncio.sleep(0)  # requests already read off accepted sockets reach their handlers
+        self.handler.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
+        if grace > 0:
+            try:
+                async with asyncio.timeout(grace):
+                    await self.handler.shutdown(grace)
+            except TimeoutError:
+                log.warning("shutdown: requests still running after %gs (--shutdown-grace): cutting them", grace)
+        for connection in self.handler.connections:
+            connection.force_close()  # its handler is cancelled (handler_cancellation), upstream closed
         await self.session.close()
         await asyncio.gather(*(a.credentials.close() for a in self.routes))
 
@@ -161,16 +179,32 @@ def describe_routes(proxy: RunningProxy) -> list[str]:
 
 
 async def serve_until_signalled(proxy: RunningProxy, grace: float = 10.0) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully; a second signal exits at once."""
+    """Log where the proxy listens, run until SIGINT/SIGTERM, then shut down gracefully; a
+    second signal exits at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    # Announce only now: from the first "listening" line on, a stop signal drains gracefully
+    # (logged any earlier, a SIGTERM sent on seeing it could still meet the default action).
+    for line in describe_routes(proxy):
+        log.info("%s", line)
     await stop.wait()
-    log.info("shutting down: letting in-flight requests finish (up to %gs)", grace)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: os._exit(0))
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, _exit_now, sig)
+    log.info("shutting down: refusing new connections, in-flight requests may finish within %gs", grace)
     await proxy.close(grace)
+    log.info("stopped")
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    """A second stop signal means "now": skip the drain, and say so in the exit status.
+
+    128 + signal number is the shell's code for "ended by a signal", so a supervisor does not
+    mistake a cut drain for the clean exit 0 of a finished one.
+    """
+    log.warning("%s during shutdown: exiting now, in-flight requests are cut", sig.name)
+    os._exit(128 + sig)
 
 
 def run(main: Callable[[], Awaitable[int]]) -> int:
