@@ -4,6 +4,7 @@ client for event latency, /proc for peak RSS. The load side always runs on the l
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,23 @@ def peak_rss_mib(pid: int) -> float:
 
 def rss_mib(pid: int) -> float:
     return _status_mib(pid, "VmRSS")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (proc(5) stat fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> tuple[float, float, float]:
+    """(all CPUs' busy time, this process's and its reaped children's, hypervisor steal) so far.
+
+    The difference between the first two over a run is CPU that other programs used meanwhile: a
+    benchmark shares the machine, and a test suite running beside it skews every figure.
+    """
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (user + nice + system) / tick, own.user + own.system + own.children_user + own.children_system, steal / tick

@@ -78,10 +78,19 @@ def measure_target(name: str, port: int, pid: int | None, plan: Plan, scripts: t
         measure.wrk(f"{url}/small.json?limit=10", 50, 1, get_script)
     for conns in (1, 50):
         log(f"{name}: small GET, {conns} conns, {plan.runs}x{plan.seconds}s")
-        gets = [measure.wrk(f"{url}/small.json?limit=10", conns, plan.seconds, get_script) for _ in range(plan.runs)]
+        gets, cpu_per_request = [], []
+        for _ in range(plan.runs):
+            cpu_before = measure.process_cpu_seconds(pid) if pid is not None else 0.0
+            gets.append(measure.wrk(f"{url}/small.json?limit=10", conns, plan.seconds, get_script))
+            if pid is not None:
+                served = gets[-1].rps * plan.seconds
+                cpu_per_request.append((measure.process_cpu_seconds(pid) - cpu_before) / served * 1e6)
         figures[f"get{conns}_rps"] = statistics.median(g.rps for g in gets)
         figures[f"get{conns}_p50_ms"] = statistics.median(g.p50_ms for g in gets)
         figures[f"get{conns}_p99_ms"] = statistics.median(g.p99_ms for g in gets)
+        if pid is not None:
+            # CPU per request barely moves when other programs share the machine; req/s does.
+            figures[f"get{conns}_cpu_us"] = statistics.median(cpu_per_request)
         errors += sum(g.errors for g in gets)
 
     log(f"{name}: SSE, {plan.sse_events} events x{plan.runs}")
@@ -94,6 +103,8 @@ def measure_target(name: str, port: int, pid: int | None, plan: Plan, scripts: t
 
 def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report.Results, dict[str, str]]:
     results: report.Results = {}
+    busy_before, own_before, steal_before = measure.cpu_seconds()
+    wall_before = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sigv4-bench-") as tmp_name:
         tmp = Path(tmp_name)
         scripts = measure.write_scripts(tmp, plan.post_mib * MiB)
@@ -109,13 +120,19 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
                     service.stop()
         finally:
             upstream.stop()
+    busy, own, steal = measure.cpu_seconds()
+    wall = time.monotonic() - wall_before
+    foreign = max(0.0, (busy - busy_before) - (own - own_before))
     context = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "upstream": upstream.kind,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {services.os.cpu_count()} CPUs",
         "pinning": f"proxy/passthrough on CPU {services.PROXY_CPU}; wrk, curl, upstream on CPU {services.LOAD_CPU}",
+        "other programs' CPU": f"{foreign:.1f}s in {wall:.0f}s ({100 * foreign / wall:.0f}% of a core), steal {steal - steal_before:.1f}s",
     }
+    if foreign > 0.05 * wall:
+        log(f"WARNING: other programs used {foreign:.1f}s of CPU during the run: the figures are skewed")
     return results, context
 
 

@@ -23,7 +23,8 @@ FIGURES = {
     "direct": {"get1_rps", "get1_p50_ms", "get1_p99_ms", "get50_rps", "get50_p50_ms", "get50_p99_ms",
                "download_mib_s", "post_rps", "sse_p50_ms", "sse_max_ms"},
 }
-FIGURES["passthrough"] = FIGURES["direct"] | {"download_rss_mib", "post_rss_mib", "idle_rss_mib"}
+FIGURES["passthrough"] = FIGURES["direct"] | {"download_rss_mib", "post_rss_mib", "idle_rss_mib", "get1_cpu_us",
+                                               "get50_cpu_us"}
 FIGURES["proxy"] = FIGURES["passthrough"]
 
 
