@@ -3,13 +3,14 @@
 Starts a local upstream (nginx, or aiohttp when nginx is absent), then one target at a time: the
 upstream directly, the unsigned aiohttp passthrough (bench/passthrough.py) and the signing proxy,
 each server pinned to CPU 0 while wrk, curl and the SSE client run on CPU 1. Every figure is the
-median of several runs; everything listens on 127.0.0.1 only.
+median of several rounds; everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -44,65 +45,61 @@ QUICK = Plan(runs=1, seconds=1, big_mib=16, post_mib=5, post_connections=4, sse_
              sse_interval_ms=10, warmup=False)
 
 
-def median_of(runs: int, once: Callable[[], float]) -> float:
-    return statistics.median(once() for _ in range(runs))
-
-
-def measure_target(name: str, port: int, pid: int | None, plan: Plan, scripts: tuple[Path, Path],
-                   log: Callable[[str], None]) -> dict[str, float]:
-    """Every figure for one target; `pid` (None for the upstream) is the process whose RSS counts."""
+def measure_once(name: str, port: int, pid: int | None, plan: Plan, scripts: tuple[Path, Path],
+                 log: Callable[[str], None]) -> dict[str, float]:
+    """One round of every figure for one target; `pid` (None for the upstream) is the process
+    whose RSS and CPU count."""
     url = f"http://127.0.0.1:{port}"
     get_script, post_script = scripts
     figures: dict[str, float] = {}
-    errors = 0
-
+    log(f"{name}: {plan.big_mib} MiB download, {plan.post_mib} MiB POST, small GETs, SSE")
     if pid is not None:
         figures["idle_rss_mib"] = measure.rss_mib(pid)  # started, nothing served yet
-    log(f"{name}: {plan.big_mib} MiB download x{plan.runs}")
-    if pid is not None:
         measure.reset_peak_rss(pid)
-    figures["download_mib_s"] = median_of(plan.runs, lambda: measure.download(f"{url}/big.bin"))
+    figures["download_mib_s"] = measure.download(f"{url}/big.bin")
     if pid is not None:
         figures["download_rss_mib"] = measure.peak_rss_mib(pid)
-
-    log(f"{name}: {plan.post_mib} MiB POST, {plan.post_connections} conns, {plan.runs}x{plan.seconds}s")
-    if pid is not None:
         measure.reset_peak_rss(pid)
-    posts = [measure.wrk(f"{url}/upload", plan.post_connections, plan.seconds, post_script) for _ in range(plan.runs)]
-    figures["post_rps"] = statistics.median(p.rps for p in posts)
-    errors += sum(p.errors for p in posts)
+    post = measure.wrk(f"{url}/upload", plan.post_connections, plan.seconds, post_script)
+    figures["post_rps"], errors = post.rps, post.errors
     if pid is not None:
         figures["post_rss_mib"] = measure.peak_rss_mib(pid)
 
-    if plan.warmup:
+    if plan.warmup:  # fill the upstream connection pool before timing small requests
         measure.wrk(f"{url}/small.json?limit=10", 50, 1, get_script)
     for conns in (1, 50):
-        log(f"{name}: small GET, {conns} conns, {plan.runs}x{plan.seconds}s")
-        gets, cpu_per_request = [], []
-        for _ in range(plan.runs):
-            cpu_before = measure.process_cpu_seconds(pid) if pid is not None else 0.0
-            gets.append(measure.wrk(f"{url}/small.json?limit=10", conns, plan.seconds, get_script))
-            if pid is not None:
-                served = gets[-1].rps * plan.seconds
-                cpu_per_request.append((measure.process_cpu_seconds(pid) - cpu_before) / served * 1e6)
-        figures[f"get{conns}_rps"] = statistics.median(g.rps for g in gets)
-        figures[f"get{conns}_p50_ms"] = statistics.median(g.p50_ms for g in gets)
-        figures[f"get{conns}_p99_ms"] = statistics.median(g.p99_ms for g in gets)
+        cpu_before = measure.process_cpu_seconds(pid) if pid is not None else 0.0
+        get = measure.wrk(f"{url}/small.json?limit=10", conns, plan.seconds, get_script)
+        figures[f"get{conns}_rps"], figures[f"get{conns}_p50_ms"], figures[f"get{conns}_p99_ms"] = (
+            get.rps, get.p50_ms, get.p99_ms)
         if pid is not None:
             # CPU per request barely moves when other programs share the machine; req/s does.
-            figures[f"get{conns}_cpu_us"] = statistics.median(cpu_per_request)
-        errors += sum(g.errors for g in gets)
+            cpu = measure.process_cpu_seconds(pid) - cpu_before
+            figures[f"get{conns}_cpu_us"] = cpu / (get.rps * plan.seconds) * 1e6
+        errors += get.errors
 
-    log(f"{name}: SSE, {plan.sse_events} events x{plan.runs}")
-    events = [measure.sse_latencies(port, plan.sse_events, plan.sse_interval_ms) for _ in range(plan.runs)]
-    figures["sse_p50_ms"] = statistics.median(statistics.median(run) for run in events)
-    figures["sse_max_ms"] = max(max(run) for run in events)  # "each event": the worst one counts
+    events = measure.sse_latencies(port, plan.sse_events, plan.sse_interval_ms)
+    figures["sse_p50_ms"], figures["sse_max_ms"] = statistics.median(events), max(events)
     figures["errors"] = errors
     return figures
 
 
+# Peaks and the worst event count as the worst round; errors add up; everything else is a median.
+WORST = frozenset({"download_rss_mib", "post_rss_mib", "sse_max_ms"})
+
+
+def combine(rounds: list[dict[str, float]]) -> dict[str, float]:
+    combined = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds]
+        combined[key] = max(values) if key in WORST else sum(values) if key == "errors" else statistics.median(values)
+    return combined
+
+
 def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report.Results, dict[str, str]]:
-    results: report.Results = {}
+    """Rounds of direct, passthrough, proxy in turn (a burst of other load then hits all three
+    alike), each server started fresh for its round and stopped before the next one starts."""
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in report.TARGETS_ORDER}
     busy_before, own_before, steal_before = measure.cpu_seconds()
     wall_before = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sigv4-bench-") as tmp_name:
@@ -111,13 +108,16 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
         upstream = services.start_upstream(tmp, plan.big_mib * MiB, use_nginx)
         try:
             log(f"upstream: {upstream.kind} at {upstream.url}")
-            results["direct"] = measure_target("direct", int(upstream.url.rsplit(":", 1)[1]), None, plan, scripts, log)
-            for name, starter in (("passthrough", services.start_passthrough), ("proxy", services.start_proxy)):
-                service = starter(upstream.url, tmp)
-                try:
-                    results[name] = measure_target(name, service.port, service.proc.pid, plan, scripts, log)
-                finally:
-                    service.stop()
+            for n in range(plan.runs):
+                log(f"round {n + 1} of {plan.runs}")
+                direct_port = int(upstream.url.rsplit(":", 1)[1])
+                rounds["direct"].append(measure_once("direct", direct_port, None, plan, scripts, log))
+                for name, starter in (("passthrough", services.start_passthrough), ("proxy", services.start_proxy)):
+                    service = starter(upstream.url, tmp)
+                    try:
+                        rounds[name].append(measure_once(name, service.port, service.proc.pid, plan, scripts, log))
+                    finally:
+                        service.stop()
         finally:
             upstream.stop()
     busy, own, steal = measure.cpu_seconds()
@@ -127,13 +127,13 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "upstream": upstream.kind,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {services.os.cpu_count()} CPUs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "pinning": f"proxy/passthrough on CPU {services.PROXY_CPU}; wrk, curl, upstream on CPU {services.LOAD_CPU}",
         "other programs' CPU": f"{foreign:.1f}s in {wall:.0f}s ({100 * foreign / wall:.0f}% of a core), steal {steal - steal_before:.1f}s",
     }
     if foreign > 0.05 * wall:
         log(f"WARNING: other programs used {foreign:.1f}s of CPU during the run: the figures are skewed")
-    return results, context
+    return {name: combine(r) for name, r in rounds.items()}, context
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     results, context = run(plan, args.nginx, log)
     print()
     print("; ".join(f"{k}: {v}" for k, v in context.items()))
-    print(f"medians of {plan.runs} run(s) of {plan.seconds}s each; ratios are proxy / other\n")
+    print(f"medians of {plan.runs} round(s), wrk runs of {plan.seconds}s; peak RSS and SSE max are the worst round; "
+          "ratios are proxy / other\n")
     print(report.table(results, report.rows(plan.big_mib, plan.post_mib, plan.post_connections)))
     print("\nissue 7 targets:")
     print(report.targets_table(results))
