@@ -73,7 +73,11 @@ async def read_body(
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     digest = hashlib.sha256()
     buffer = bytearray()
+    # A body announced as large goes to disk from its first byte, not after 1 MiB in memory: with
+    # many large uploads in flight that buffer is most of the proxy's memory.
     spill: IO[bytes] | None = None
+    if (request.content_length or 0) > spill_threshold:
+        spill = tempfile.TemporaryFile(prefix="sigv4-proxy-body-")
     size = 0
     try:
         while chunk := await request.content.read(READ_SIZE):

@@ -13,8 +13,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
-import aiohttp.http_parser
-import aiohttp.web_protocol
 from aiohttp import web
 
 from proxy.config import Route, Settings, parse_listen
@@ -22,14 +20,13 @@ from proxy.credentials import ChainCredentialSource, CredentialSource
 from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
 from proxy.guard import check_exposure, safety_addons
+from proxy import lenient_parser
 from proxy.observe import ProxyMetrics
 from proxy.status import StatusEndpoints
 
 log = logging.getLogger("sigv4_proxy")
 
-# aiohttp's C parser (llhttp) rejects raw non-ASCII bytes in the request target with a bare 400;
-# clients that do not percent-encode UTF-8 paths exist (../shared/cases P3), and we encode for them.
-aiohttp.web_protocol.HttpRequestParser = aiohttp.http_parser.HttpRequestParserPy  # type: ignore[misc]
+lenient_parser.install()  # raw UTF-8 request targets (../shared/cases P3) are encoded, not refused
 
 READ_BUFSIZE = 256 * 1024
 # docker stop / Kubernetes send SIGTERM, Ctrl-C sends SIGINT: both start a graceful shutdown.
@@ -66,6 +63,8 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),  # cookies belong to the client, never shared
         read_bufsize=READ_BUFSIZE,
         trust_env=False,
+        # The client's own values (or none) pass; set once here, not rebuilt on every request.
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
     )
 
 

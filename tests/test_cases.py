@@ -4,6 +4,7 @@ resource and the same decoded parameters the client meant."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import Stack
 from proxy import canonical
-from rawhttp import get, raw_request
+from rawhttp import get, parse_response, raw_request, read_response
 
 
 async def through(stack: Stack, target: bytes, *headers: str) -> dict:
@@ -210,3 +211,16 @@ async def test_presigned_query_auth_is_replaced_by_the_header_signature(stack: S
         b"%2Fexecute-api%2Faws4_request&X-Amz-Signature=" + b"0" * 64 + b"&x-amz-meta=kept",
     )
     assert seen["params"] == [["a", "1"], ["x-amz-meta", "kept"]]
+
+
+async def test_p3_raw_utf8_target_later_on_a_keep_alive_connection(stack: Stack) -> None:
+    """The fast C parser refuses raw UTF-8; the connection falls back to the lenient parser mid-way."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    try:
+        for target in (b"/stage/cars/plain", "/stage/cars/Citroën".encode(), b"/stage/cars/after"):
+            writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            response = parse_response(await read_response(reader))
+            assert response.status == 200, response.body
+            assert json.loads(response.body)["path"] == target.decode()
+    finally:
+        writer.close()
