@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-# botocore loads awscrt when it is installed (the demo needs it) though signing here never uses
-# it: 5.5 MiB of resident memory for nothing (issue 7's budget is 64 MiB). Users can still opt in.
-os.environ.setdefault("BOTO_DISABLE_CRT", "true")
-
-import botocore.session  # noqa: E402  (after the switch above)
-from botocore.config import Config  # noqa: E402
+import botocore.session
+from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import BotoCoreError, ClientError
