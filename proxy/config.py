@@ -41,33 +41,9 @@ class ConfigError(ValueError):
     """Invalid configuration: the message is one line a user can act on."""
 
 
-class RouteSettings(BaseModel):
-    """One `[[routes]]` table: requests under `prefix` go to `upstream`, signed for `sign_host`."""
+class SigningTarget(BaseModel):
+    """How one route signs: the keys a `[[routes]]` table shares with the top-level route for "/"."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    prefix: str = "/"
-    upstream: str
-    sign_host: str | None = None
-    region: str | None = None
-    service: str | None = None
-    profile: str | None = None
-    role_arn: str | None = None
-    role_session_name: str | None = None
-    external_id: str | None = None
-    duration_seconds: int | None = Field(None, ge=900, le=43200)  # STS AssumeRole's own bounds
-    strip_prefix: bool = False
-    origin_path: str | None = None
-    signed_headers: list[str] = Field(default_factory=list)
-
-
-class Settings(BaseSettings):
-    """Every option of `run`, `demo` and `check`; see config.example.toml for each key."""
-
-    model_config = SettingsConfigDict(env_prefix="SIGV4_PROXY_", extra="forbid")
-
-    listen: str = "127.0.0.1:8080"
-    upstream: str | None = None
     sign_host: str | None = None
     region: str | None = None
     service: str | None = None
@@ -76,6 +52,27 @@ class Settings(BaseSettings):
     role_session_name: str | None = None
     external_id: str | None = None
     origin_path: str | None = Field(None, description="CloudFront origin path: signed, not sent")
+
+
+class RouteSettings(SigningTarget):
+    """One `[[routes]]` table: requests under `prefix` go to `upstream`, signed for `sign_host`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = "/"
+    upstream: str
+    duration_seconds: int | None = Field(None, ge=900, le=43200)  # STS AssumeRole's own bounds
+    strip_prefix: bool = False
+    signed_headers: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings, SigningTarget):
+    """Every option of `run`, `demo` and `check`; see config.example.toml for each key."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGV4_PROXY_", extra="forbid")
+
+    listen: str = "127.0.0.1:8080"
+    upstream: str | None = None
     signed_headers: list[str] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
 
@@ -278,20 +275,8 @@ def resolve_routes(settings: Settings) -> list[Route]:
     """Routes sorted longest prefix first; the top-level options form the route for "/"."""
     specs = list(settings.routes)
     if settings.upstream:
-        specs.append(
-            RouteSettings(
-                prefix="/",
-                upstream=settings.upstream,
-                sign_host=settings.sign_host,
-                region=settings.region,
-                service=settings.service,
-                profile=settings.profile,
-                role_arn=settings.role_arn,
-                role_session_name=settings.role_session_name,
-                external_id=settings.external_id,
-                origin_path=settings.origin_path,
-            )
-        )
+        shared = settings.model_dump(include=set(SigningTarget.model_fields))
+        specs.append(RouteSettings(prefix="/", upstream=settings.upstream, **shared))
     if not specs:
         raise ConfigError("no upstream: pass --upstream URL (or add [[routes]] to the config file)")
     routes = [_resolve_route(spec, settings.signed_headers) for spec in specs]
