@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
+import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from conftest import CREDENTIALS, SIGN_HOST, Stack
-from test_streaming import wait_for_listen_port
-
-REPO = Path(__file__).resolve().parents[1]
+from proxy_process import REPO, isolated_env, spawn
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """No AWS settings from this machine, and never a probe of the real instance metadata service."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SIGV4_PROXY_"))}
-    env.update(
-        AWS_CONFIG_FILE="/nonexistent/config",
-        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
-        AWS_EC2_METADATA_DISABLED="true",
-        **extra,
-    )
-    return env
+
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy", *args], cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "proxy", *args], cwd=REPO, env=env or isolated_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -74,34 +61,29 @@ def test_port_taken_fails_fast() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = clean_env(AWS_ACCESS_KEY_ID="AKIDCLI", AWS_SECRET_ACCESS_KEY="cli-secret-value")
+        env = isolated_env(extra={"AWS_ACCESS_KEY_ID": "AKIDCLI", "AWS_SECRET_ACCESS_KEY": "cli-secret-value"})
         result = run_cli("--upstream", "https://d1.cloudfront.net", "--sign-host", SIGN_HOST, "--listen", f"127.0.0.1:{port}", env=env)
     assert result.returncode == 2
     assert "port is taken" in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_env_configured_proxy_prints_its_route_and_works(stack: Stack) -> None:
-    env = clean_env(
-        AWS_ACCESS_KEY_ID=CREDENTIALS.access_key,
-        AWS_SECRET_ACCESS_KEY=CREDENTIALS.secret_key,
-        SIGV4_PROXY_UPSTREAM=str(stack.cloudfront_url),
-        SIGV4_PROXY_SIGN_HOST=SIGN_HOST,
-        SIGV4_PROXY_LISTEN="127.0.0.1:0",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", cwd=REPO, env=env, stderr=asyncio.subprocess.PIPE
-    )
+    env = isolated_env(CREDENTIALS, {
+        "SIGV4_PROXY_UPSTREAM": str(stack.cloudfront_url),
+        "SIGV4_PROXY_SIGN_HOST": SIGN_HOST,
+        "SIGV4_PROXY_LISTEN": "127.0.0.1:0",
+    })
+    proxy = await spawn(env=env)
     try:
-        port = await wait_for_listen_port(proc.pid)
         async with aiohttp.ClientSession() as client:
-            async with client.get(f"http://127.0.0.1:{port}/prod/items?limit=10") as resp:
+            async with client.get(proxy.url / "prod" / "items", params={"limit": "10"}) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["params"] == [["limit", "10"]]
+        proxy.send(signal.SIGTERM)
+        assert await proxy.exit_code(10) == 0
     finally:
-        proc.terminate()
-        _, err = await proc.communicate()
-    log = err.decode()
-    assert proc.returncode == 0
+        await proxy.stop()
+    log = "".join(proxy.log)
     assert f"-> {stack.cloudfront_url}" in log
     assert f"signing host {SIGN_HOST}, region ap-northeast-1, service execute-api" in log
     assert "credentials: environment variables" in log
@@ -110,7 +92,7 @@ async def test_env_configured_proxy_prints_its_route_and_works(stack: Stack) -> 
 
 async def test_demo_answers_through_the_proxy() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "demo", "--listen", "127.0.0.1:0", cwd=REPO, env=clean_env(),
+        sys.executable, "-m", "proxy", "demo", "--listen", "127.0.0.1:0", cwd=REPO, env=isolated_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:

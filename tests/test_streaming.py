@@ -4,8 +4,6 @@ and bytes passed through untouched, and a client that hangs up cancels the upstr
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -13,8 +11,7 @@ import pytest
 
 import origin
 from conftest import CREDENTIALS, SIGN_HOST, Stack, StackFactory
-
-REPO = Path(__file__).resolve().parents[1]
+from proxy_process import isolated_env, spawn
 
 
 async def test_sse_events_arrive_one_by_one(stack: Stack, client: aiohttp.ClientSession) -> None:
@@ -93,49 +90,16 @@ def peak_rss_kib(pid: int) -> int:
 @pytest.mark.timeout(300)
 async def test_200_mib_download_with_curl_keeps_proxy_memory_flat(stack: Stack) -> None:
     """A real proxy process, a real curl: 200 MiB pass while the proxy's peak RSS stays < 100 MB."""
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": CREDENTIALS.access_key,
-        "AWS_SECRET_ACCESS_KEY": CREDENTIALS.secret_key,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }
-    env.pop("AWS_PROFILE", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", "--upstream", str(stack.cloudfront_url),
-        "--sign-host", SIGN_HOST, "--log-level", "warning", cwd=REPO, env=env,
-    )
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", str(stack.cloudfront_url), "--sign-host", SIGN_HOST,
+                        env=isolated_env(CREDENTIALS))
     try:
-        port = await wait_for_listen_port(proc.pid)
         size = 200 * 1024 * 1024
         curl = await asyncio.create_subprocess_exec(
             "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
-            f"http://127.0.0.1:{port}/prod/download?size={size}", stdout=asyncio.subprocess.PIPE,
+            f"{proxy.url}/prod/download?size={size}", stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await curl.communicate()
         assert out.decode() == f"200 {size}"
-        assert peak_rss_kib(proc.pid) < 100 * 1000, f"peak RSS {peak_rss_kib(proc.pid)} KiB"
+        assert peak_rss_kib(proxy.process.pid) < 100 * 1000, f"peak RSS {peak_rss_kib(proxy.process.pid)} KiB"
     finally:
-        proc.terminate()
-        await proc.wait()
-
-
-async def wait_for_listen_port(pid: int, timeout: float = 15.0) -> int:
-    """The TCP port a process listens on, from /proc (it was started with port 0)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        inodes = set()
-        fd_dir = Path(f"/proc/{pid}/fd")
-        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                return int(fields[1].split(":")[1], 16)
-        await asyncio.sleep(0.1)
-    raise AssertionError("proxy did not start listening")
+        await proxy.stop()
