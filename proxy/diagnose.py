@@ -238,7 +238,7 @@ def compare(ours: str, theirs: str, their_sts: str | None, route: RouteFacts, ki
             return Diagnosis("wrong-scope", f"AWS expects the credential scope {scope}: set --region and --service", kind)
         return Diagnosis("secret-key-mismatch", "AWS computed the same canonical request, so the key differs: the "
                          "secret key does not belong to the access key (check the credentials' source)", kind)
-    (_part, cause, summary), rest = found[0], found[1:]
+    (_, cause, summary), rest = found[0], found[1:]
     if rest:
         summary += f" (also differs: {', '.join(part for part, _c, _s in rest)})"
     return Diagnosis(cause, summary, kind)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -98,7 +97,7 @@ class FakeApiGateway:
         if key is None:
             return deny("UnrecognizedClientException", "The security token included in the request is invalid.")
         if match["region"] != self.region:
-            return deny("InvalidSignatureException", f"Credential should be scoped to a valid region. ")
+            return deny("InvalidSignatureException", "Credential should be scoped to a valid region. ")
         if match["service"] != self.service:
             return deny("InvalidSignatureException", f"Credential should be scoped to correct service: '{self.service}'. ")
         signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
