@@ -21,6 +21,7 @@ from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
 from proxy.guard import check_exposure, safety_addons
 from proxy import lenient_parser
+from proxy.logs import flush_access_log, flush_access_log_periodically
 from proxy.observe import ProxyMetrics
 from proxy.status import StatusEndpoints
 
@@ -188,11 +189,14 @@ async def serve_until_signalled(proxy: RunningProxy, grace: float = 10.0) -> Non
     # (logged any earlier, a SIGTERM sent on seeing it could still meet the default action).
     for line in describe_routes(proxy):
         log.info("%s", line)
+    flusher = asyncio.create_task(flush_access_log_periodically())
     await stop.wait()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, _exit_now, sig)
     log.info("shutting down: refusing new connections, in-flight requests may finish within %gs", grace)
     await proxy.close(grace)
+    flusher.cancel()
+    flush_access_log()
     log.info("stopped")
 
 
@@ -203,6 +207,7 @@ def _exit_now(sig: signal.Signals) -> None:
     mistake a cut drain for the clean exit 0 of a finished one.
     """
     log.warning("%s during shutdown: exiting now, in-flight requests are cut", sig.name)
+    flush_access_log()
     os._exit(128 + sig)
 
 

@@ -4,6 +4,7 @@ upstream time to first byte, total time; as text, and as JSON fields with --log-
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 
 from conftest import Stack, StackFactory
-from proxy.logs import JsonFormatter
+from proxy.logs import BatchedStreamHandler, JsonFormatter, flush_access_log_periodically
 from test_check import run_cli
 
 
@@ -94,3 +95,28 @@ async def test_internal_error_and_client_gone_are_logged(make_stack: StackFactor
             break
         await asyncio.sleep(0.05)
     assert [(e["path"], e["status"]) for e in access_lines.json] == [("/prod/x", 500), ("/prod/slow", 499)]
+
+
+async def test_access_lines_are_batched_but_never_held_back_long() -> None:
+    handler = BatchedStreamHandler(capacity=3, interval=0.2)
+    handler.setStream(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("sigv4_proxy.access")
+    logger.addHandler(handler)
+    try:
+        written = handler.stream
+        handler._written = asyncio.get_running_loop().time() + 1e9  # as if just flushed
+        logger.info("one")
+        assert written.getvalue() == ""  # batched
+        logger.warning("a warning")  # goes out at once, with what waited
+        assert written.getvalue() == "one\na warning\n"
+        for n in range(3):
+            logger.info("line %d", n)  # the third fills the batch
+        assert written.getvalue().endswith("line 0\nline 1\nline 2\n")
+        logger.info("idle tail")
+        flusher = asyncio.create_task(flush_access_log_periodically(0.05))
+        await asyncio.sleep(0.2)
+        flusher.cancel()
+        assert written.getvalue().endswith("idle tail\n")  # an idle proxy's last line appears
+    finally:
+        logger.removeHandler(handler)
