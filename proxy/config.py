@@ -73,7 +73,7 @@ class Settings(BaseSettings, SigningTarget):
 
     listen: str = "127.0.0.1:8080"
     upstream: str | None = None
-    signed_headers: list[str] = Field(default_factory=list)
+    signed_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
 
     timeout: float = Field(60.0, gt=0, description="seconds to wait for the upstream's headers")
@@ -96,7 +96,7 @@ class Settings(BaseSettings, SigningTarget):
     allow_remote: bool = False
     client_token: SecretStr | None = None
 
-    @field_validator("cors_origins", "cors_expose_headers", "allowed_hosts", mode="before")
+    @field_validator("signed_headers", "cors_origins", "cors_expose_headers", "allowed_hosts", mode="before")
     @classmethod
     def _list_from_text(cls, value: Any) -> Any:
         """Env values: a JSON list like the other list settings, or friendlier, comma-separated."""
@@ -165,7 +165,7 @@ def is_loopback(host: str) -> bool:
 def load_settings(cli: dict[str, Any], config_file: Path | None) -> Settings:
     """Merge the sources; raise ConfigError with one readable line on any invalid value."""
     if config_file is not None and not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
+        raise ConfigError(f"config file {config_file} does not exist or is not a file")
 
     class _Settings(Settings):
         @classmethod
@@ -187,8 +187,9 @@ def load_settings(cli: dict[str, Any], config_file: Path | None) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "config"
         raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or an undecodable env value
+        source = f"config file {config_file}" if config_file is not None else "the SIGV4_PROXY_* environment"
+        raise ConfigError(f"cannot read {source}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

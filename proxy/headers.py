@@ -45,13 +45,14 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
 def upstream_request_headers(
     headers: CIMultiDictProxy[str], keep_amz: Iterable[str] = ()
 ) -> CIMultiDict[str]:
-    """Client headers to forward unsigned: no hop-by-hop, no auth, no X-Amz-* the user did not list."""
+    """Client headers to forward unsigned: no hop-by-hop, no Proxy-* (they address this proxy),
+    no auth, no X-Amz-* the user did not list."""
     dropped = HOP_BY_HOP | CLIENT_ONLY | connection_tokens(headers)
     keep = frozenset(keep_amz) - SIGNER_OWNED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in dropped or (lower.startswith("x-amz-") and lower not in keep):
+        if lower in dropped or lower.startswith("proxy-") or (lower.startswith("x-amz-") and lower not in keep):
             continue
         out.add(name, value)
     return out

@@ -21,6 +21,7 @@ from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
 from proxy.guard import check_exposure, safety_addons
 from proxy import lenient_parser
+from proxy.http_server import ProxyServer
 from proxy.logs import flush_access_log, flush_access_log_periodically
 from proxy.observe import ProxyMetrics
 from proxy.status import StatusEndpoints
@@ -128,7 +129,7 @@ async def start_proxy(
         # The status endpoints come after the caller's addons, so guards also cover them.
         status = StatusEndpoints(settings.reserved_prefix, active, metrics)
         forwarder = Forwarder(active, session, settings, (*addons, status), metrics)
-        handler = web.Server(
+        handler = ProxyServer(
             _never_crash(forwarder.handle),
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
             access_log=None,

@@ -95,3 +95,13 @@ def test_malformed_toml_is_one_clear_error(tmp_path: Path) -> None:
     config.write_text("listen = \n")
     with pytest.raises(ConfigError, match="bad.toml"):
         load_settings({}, config)
+
+
+def test_list_settings_from_the_environment_as_json_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGV4_PROXY_SIGNED_HEADERS", "x-a, X-B")
+    assert load_settings({}, None).signed_headers == ["x-a", "X-B"]
+    monkeypatch.setenv("SIGV4_PROXY_SIGNED_HEADERS", '["x-c"]')
+    assert load_settings({}, None).signed_headers == ["x-c"]
+    monkeypatch.setenv("SIGV4_PROXY_SIGNED_HEADERS", "[not json")
+    with pytest.raises(ConfigError, match="invalid setting signed_headers"):
+        load_settings({}, None)

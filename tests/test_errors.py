@@ -132,3 +132,24 @@ async def test_upstream_403_passes_through_unchanged(stack: Stack, client: aioht
     async with client.get(f"{stack.url}/prod/status?code=403") as resp:
         assert resp.status == 403
         assert await resp.json() == {"status": 403}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "leak"),
+    [
+        (b"GET /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + b"JWTSECRET" * 1200 + b"\r\n\r\n", b"JWTSECRET"),
+        (b"GET /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer TOPSECRET\x01TOKEN\r\n\r\n", b"TOPSECRET"),
+        (b"GET /prod/x?api_key=RAWLEAK HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", b"RAWLEAK"),
+        (b"GET /prod/x HTTP/1.1\r\n\r\n", None),  # no Host
+    ],
+)
+async def test_unparseable_requests_get_json_400_and_leak_nothing(
+    stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes, leak: bytes | None
+) -> None:
+    response = await raw_request(stack.proxy.port, request_bytes, timeout=5)
+    assert response.status == 400
+    assert_json_error(response.body, "malformed request")
+    assert "refused a malformed request" in caplog.text and "Traceback" not in caplog.text
+    if leak is not None:
+        assert leak.decode() not in caplog.text and leak not in response.body
+    assert stack.gateway.seen == []
