@@ -35,14 +35,16 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--service", help="signing service, e.g. execute-api (inferred from AWS host names)")
     p.add_argument("--profile", help="AWS profile for credentials")
     p.add_argument("--role-arn", dest="role_arn", metavar="ARN", help="role to assume with the base credentials")
-    p.add_argument("--role-session-name", dest="role_session_name", metavar="NAME")
-    p.add_argument("--external-id", dest="external_id", metavar="ID")
+    p.add_argument("--role-session-name", dest="role_session_name", metavar="NAME",
+                   help="STS session name (default sigv4-proxy-<hostname>, or AWS_ROLE_SESSION_NAME)")
+    p.add_argument("--external-id", dest="external_id", metavar="ID", help="external ID the role's trust policy requires")
     p.add_argument("--origin-path", dest="origin_path", metavar="PATH",
                    help="CloudFront origin path (e.g. /prod): included in the signed path, not sent")
     p.add_argument("--signed-header", dest="signed_headers", action="append", metavar="NAME",
                    help="also sign this client header (repeatable); only headers no hop changes")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="wait for upstream response headers (default 60)")
-    p.add_argument("--connect-timeout", dest="connect_timeout", type=float, metavar="SECONDS")
+    p.add_argument("--connect-timeout", dest="connect_timeout", type=float, metavar="SECONDS",
+                   help="TCP/TLS connect to the upstream (default 10)")
     p.add_argument("--idle-timeout", dest="idle_timeout", type=float, metavar="SECONDS",
                    help="longest silence inside a streamed response (default 300, 0 = none)")
     p.add_argument("--max-body-size", dest="max_body_size", type=int, metavar="BYTES", help="default 10485760")
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigv4-proxy",
         description="Local reverse proxy that signs requests with AWS SigV4 for one host and sends them to another.",
+        epilog="Without a command, `run` is meant: sigv4-proxy --upstream URL --sign-host HOST. "
+        "See `sigv4-proxy run --help` for every option.",
     )
     parser.add_argument("--version", action="version", version=f"sigv4-proxy {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="{run,demo,check}")

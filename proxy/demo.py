@@ -7,6 +7,7 @@ answer really was signed correctly for the API Gateway host while travelling via
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -17,6 +18,8 @@ from proxy.credentials import StaticCredentialSource
 from proxy.fake_aws import FakeApiGateway, FakeCloudFront, Key, describe_request, listen
 from proxy.server import serve_until_signalled, start_proxy
 from proxy.signing import Credentials
+
+log = logging.getLogger("sigv4_proxy")
 
 DEMO_CREDENTIALS = Credentials("AKIDSIGV4PROXYDEMO", "sigv4-proxy-demo-secret-not-a-real-key")
 DEMO_SIGN_HOST = "demo123abc.execute-api.us-east-1.amazonaws.com"
@@ -48,6 +51,11 @@ async def start_demo_upstream(stack: AsyncExitStack) -> str:
 
 
 async def run_demo(settings: Settings) -> int:
+    ignored = [f"--{name.replace('_', '-')}" for name in ("upstream", "sign_host", "region", "service", "profile",
+                                                           "role_arn", "origin_path") if getattr(settings, name)]
+    if ignored or settings.routes:
+        log.warning("demo: ignoring %s: the demo has its own upstream, routes and keys",
+                    ", ".join(ignored + (["routes"] if settings.routes else [])))
     async with AsyncExitStack() as stack:
         upstream = await start_demo_upstream(stack)
         settings = settings.model_copy(update={"upstream": upstream, "sign_host": DEMO_SIGN_HOST, "routes": []})

@@ -166,15 +166,16 @@ def _never_crash(
 
 def describe_routes(proxy: RunningProxy) -> list[str]:
     """One start-up line per route: where it listens, where it sends, how it signs (no secrets)."""
+    base = f"http://{f'[{proxy.host}]' if ':' in proxy.host else proxy.host}:{proxy.port}"
     lines = []
     for active in proxy.routes:
         r = active.route
         lines.append(
-            f"http://{proxy.host}:{proxy.port}{r.prefix} -> {r.upstream} "
+            f"{base}{r.prefix} -> {r.upstream} "
             f"(signing host {r.sign_host}, region {r.region}, service {r.service}, "
             f"credentials: {active.credentials.describe()})"
         )
-    status = f"http://{proxy.host}:{proxy.port}{proxy.reserved_prefix}"
+    status = f"{base}{proxy.reserved_prefix}"
     lines.append(f"proxy's own endpoints (never forwarded): {status}health {status}metrics")
     return lines
 
