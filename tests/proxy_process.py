@@ -61,7 +61,7 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # a reset: accepted as the listener closed
                 return time.monotonic()
             writer.close()
             await asyncio.sleep(0.02)
