@@ -225,6 +225,8 @@ class Forwarder:
     ) -> aiohttp.ClientResponse:
         query = target.query
         url = URL(f"{route.upstream_origin}{target.path}{'?' + query if query else ''}", encoded=True)
+        if body.file is not None:  # streamed from disk: say its length, or aiohttp would chunk it
+            headers["Content-Length"] = str(body.size)
         try:
             async with asyncio.timeout(self._settings.timeout):
                 return await self._session.request(

@@ -157,6 +157,8 @@ async def test_b3_five_mib_put_under_the_cap(stack: Stack, client: aiohttp.Clien
         assert resp.status == 200
         seen = await resp.json()
     assert seen["body_sha256"] == hashlib.sha256(body).hexdigest()
+    # Spilled to disk and streamed from there, yet sent with its length, not chunked.
+    assert received(seen, "content-length") == [str(len(body))] and received(seen, "transfer-encoding") == []
 
 
 async def test_b4_compressed_bytes_pass_untouched(stack: Stack, client: aiohttp.ClientSession) -> None:
