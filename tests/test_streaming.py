@@ -4,6 +4,7 @@ and bytes passed through untouched, and a client that hangs up cancels the upstr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import aiohttp
@@ -101,5 +102,31 @@ async def test_200_mib_download_with_curl_keeps_proxy_memory_flat(stack: Stack) 
         out, _ = await curl.communicate()
         assert out.decode() == f"200 {size}"
         assert peak_rss_kib(proxy.process.pid) < 100 * 1000, f"peak RSS {peak_rss_kib(proxy.process.pid)} KiB"
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_b3_large_uploads_spill_to_disk_and_memory_stays_flat(stack: Stack) -> None:
+    """Eight 5 MiB uploads at once through a real proxy process: its peak RSS grows by far less
+    than the 40 MiB in flight, because bodies go to a temporary file, not memory."""
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", str(stack.cloudfront_url), "--sign-host", SIGN_HOST,
+                        env=isolated_env(CREDENTIALS))
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(proxy.url / "prod" / "warm-up") as resp:
+                assert resp.status == 200
+            before = peak_rss_kib(proxy.process.pid)
+            body = bytes(range(256)) * (5 * 4096)
+
+            async def upload(n: int) -> str:
+                async with client.put(proxy.url / "prod" / "blob" / str(n), data=body) as resp:
+                    assert resp.status == 200
+                    return (await resp.json())["body_sha256"]
+
+            hashes = await asyncio.gather(*(upload(n) for n in range(8)))
+        assert set(hashes) == {hashlib.sha256(body).hexdigest()}
+        growth = peak_rss_kib(proxy.process.pid) - before
+        assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB for 40 MiB of uploads"
     finally:
         await proxy.stop()
