@@ -35,20 +35,23 @@ class Body:
         """What to hand the HTTP client; each call starts from the first byte, so a body can be
         sent again (a retry after a credential refresh)."""
         if self.file is not None:
-            return self._spilled_chunks(self.file.fileno())
+            # A descriptor of its own: aiohttp may still be sending when an upstream answers early
+            # and the request closes self.file (and its number could be reused by another file).
+            return self._spilled_chunks(os.fdopen(os.dup(self.file.fileno()), "rb", buffering=0))
         return self.data if self.size else None
 
-    async def _spilled_chunks(self, fd: int) -> AsyncIterator[bytes]:
+    async def _spilled_chunks(self, handle: IO[bytes]) -> AsyncIterator[bytes]:
         """A spilled body in 1 MiB reads. The file was just written, so each read comes from the
         page cache in a fraction of a millisecond: far cheaper than aiohttp's file payload, which
         hops to a thread for every 64 KiB (5 MiB POSTs ran at 0.18x direct speed with it)."""
-        offset = 0
-        while offset < self.size:
-            chunk = os.pread(fd, SEND_SIZE, offset)
-            if not chunk:
-                raise OSError(f"spilled request body ended at {offset} of {self.size} bytes")
-            offset += len(chunk)
-            yield chunk
+        with handle:
+            offset = 0
+            while offset < self.size:
+                chunk = os.pread(handle.fileno(), SEND_SIZE, offset)
+                if not chunk:
+                    raise OSError(f"spilled request body ended at {offset} of {self.size} bytes")
+                offset += len(chunk)
+                yield chunk
 
     def close(self) -> None:
         if self.file is not None:
