@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import ConfigError, Settings, load_settings, resolve_routes
-from proxy.credentials import CredentialsUnavailable
 from proxy.logs import configure_logging
-from proxy.server import StartupError, run, serve_until_signalled, start_proxy
 
 COMMANDS = ("run", "demo", "check")
 
@@ -113,7 +111,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(cli, Path(config) if config else None)
 
 
+def skip_unused_awscrt() -> None:
+    """botocore imports awscrt whenever it is installed (the demo's verifier needs it), though
+    nothing here signs with it: 5.5 MiB of resident memory. Marking it absent before botocore
+    loads puts botocore on its ordinary no-CRT path."""
+    sys.modules.setdefault("awscrt", None)  # type: ignore[arg-type]
+
+
 async def run_proxy(settings: Settings) -> int:
+    from proxy.server import serve_until_signalled, start_proxy
+
     proxy = await start_proxy(settings, resolve_routes(settings))
     await serve_until_signalled(proxy, settings.shutdown_grace)
     return 0
@@ -121,6 +128,12 @@ async def run_proxy(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command != "demo":
+        skip_unused_awscrt()
+    # Imported only now, after the line above: both load botocore.
+    from proxy.credentials import CredentialsUnavailable
+    from proxy.server import StartupError, run
+
     try:
         settings = settings_from(args)
         configure_logging(settings.log_level, settings.log_format)

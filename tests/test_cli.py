@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import subprocess
+from pathlib import Path
 import sys
 
 import aiohttp
@@ -113,3 +114,16 @@ async def test_demo_answers_through_the_proxy() -> None:
         proc.terminate()
         await proc.communicate()
     assert proc.returncode == 0
+
+
+async def test_run_does_not_load_awscrt_but_demo_does() -> None:
+    """botocore would load awscrt (5.5 MiB resident) though only the demo's verifier uses it."""
+    env = isolated_env(CREDENTIALS)
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9", "--sign-host", SIGN_HOST, env=env)
+    demo = await spawn("demo", "--listen", "127.0.0.1:0", env=env)
+    try:
+        assert "_awscrt" not in Path(f"/proc/{proxy.process.pid}/maps").read_text()
+        assert "_awscrt" in Path(f"/proc/{demo.process.pid}/maps").read_text()
+    finally:
+        await proxy.stop()
+        await demo.stop()
