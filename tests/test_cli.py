@@ -6,8 +6,8 @@ import asyncio
 import signal
 import socket
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
