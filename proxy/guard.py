@@ -62,6 +62,15 @@ class RequestGuard:
                 close=True,
                 headers={"Allow": ALLOWED_METHODS},
             )
+        if request.method == "TRACE":
+            # TRACE echoes the request as the upstream received it: our signed Authorization and
+            # security token included (cross-site tracing). Nothing legitimate needs it here.
+            raise ProxyError(
+                405,
+                "TRACE refused",
+                "TRACE would echo the signed request, credentials included",
+                headers={"Allow": ALLOWED_METHODS},
+            )
         split_target(request.raw_path)  # absolute-form (`GET http://other/ HTTP/1.1`) or `*`: 400
         self.check_host(request)
         self.check_origin(request)

@@ -103,6 +103,15 @@ async def test_connect_is_refused_with_405(make_stack: StackFactory) -> None:
     assert paths_seen(stack) == []
 
 
+async def test_trace_is_refused_so_signed_credentials_are_never_echoed(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    port = stack.proxy.port
+    resp = await exchange(port, request_bytes("TRACE", "/prod/items", [("Host", f"127.0.0.1:{port}")]))
+    assert resp.status == 405
+    assert resp.json()["error"] == "TRACE refused"
+    assert paths_seen(stack) == []
+
+
 # --- client_token ------------------------------------------------------------------------------
 
 
