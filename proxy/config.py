@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -35,6 +35,19 @@ _HOST_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^.+\.([a-z0-9-]+)\.es\.amazonaws\.com(\.cn)?$"), "es"),
     (re.compile(r"^.+\.([a-z0-9-]+)\.aoss\.amazonaws\.com$"), "aoss"),
 ]
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 5.1)
+
+
+def _header_names(names: list[str]) -> list[str]:
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+    return names
+
+
+HeaderNames = Annotated[list[str], AfterValidator(_header_names)]
 
 
 class ConfigError(ValueError):
@@ -63,7 +76,7 @@ class RouteSettings(SigningTarget):
     upstream: str
     duration_seconds: int | None = Field(None, ge=900, le=43200)  # STS AssumeRole's own bounds
     strip_prefix: bool = False
-    signed_headers: list[str] = Field(default_factory=list)
+    signed_headers: HeaderNames = Field(default_factory=list)
 
 
 class Settings(BaseSettings, SigningTarget):
@@ -73,7 +86,7 @@ class Settings(BaseSettings, SigningTarget):
 
     listen: str = "127.0.0.1:8080"
     upstream: str | None = None
-    signed_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    signed_headers: Annotated[HeaderNames, NoDecode] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
 
     timeout: float = Field(60.0, gt=0, description="seconds to wait for the upstream's headers")

@@ -83,6 +83,7 @@ strip_prefix = true
         ({"upstream": "https://x.example", "listen": "nonsense"}, "listen"),
         ({"upstream": "https://x.example", "timeout": -1}, "timeout"),
         ({"upstream": "https://x.example", "nonsense_key": 1}, "nonsense_key"),
+        ({"upstream": "https://x.example", "signed_headers": ["bad header"]}, "not an HTTP header name"),
     ],
 )
 def test_invalid_settings_say_what_is_wrong(cli: dict, message: str) -> None:
