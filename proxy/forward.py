@@ -191,7 +191,7 @@ class Forwarder:
             return await read_refusal(upstream)
         except aiohttp.ClientError as exc:
             upstream.close()
-            raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {exc}") from None
+            raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {_summary(exc)}") from None
 
     async def current_credentials(self, active: ActiveRoute) -> Credentials:
         try:
@@ -252,7 +252,7 @@ class Forwarder:
             ) from None
         except aiohttp.ClientError as exc:
             raise ProxyError(
-                502, "upstream failed", f"{route.upstream_origin}: {type(exc).__name__}: {exc}"
+                502, "upstream failed", f"{route.upstream_origin}: {type(exc).__name__}: {_summary(exc)}"
             ) from None
 
     def apply_response_addons(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:
@@ -305,8 +305,15 @@ class Forwarder:
             body = head + await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             upstream.close()
-            raise ProxyError(502, "upstream failed", f"its response body broke off: {exc}") from None
+            raise ProxyError(502, "upstream failed", f"its response body broke off: {_summary(exc)}") from None
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+
+def _summary(exc: BaseException) -> str:
+    """An HTTP client error in one short line (aiohttp's parser errors span lines and can quote
+    kilobytes of the upstream's raw answer)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 160 else text[:160] + "…"
 
 
 def split_target(raw_target: str) -> tuple[str, str]:

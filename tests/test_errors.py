@@ -3,6 +3,7 @@ a traceback, never a hung connection, and the proxy keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -153,3 +154,24 @@ async def test_unparseable_requests_get_json_400_and_leak_nothing(
     if leak is not None:
         assert leak.decode() not in caplog.text and leak not in response.body
     assert stack.gateway.seen == []
+
+
+async def test_garbage_from_the_upstream_is_a_one_line_502(client: aiohttp.ClientSession) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"xxxx not http\r\nsecond line\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    settings = Settings(listen="127.0.0.1:0", upstream=f"http://127.0.0.1:{port}", sign_host="x.execute-api.us-east-1.amazonaws.com")
+    proxy = await start_proxy(settings, resolve_routes(settings), lambda _r: StaticCredentialSource(Credentials("AK", "SK")))
+    try:
+        async with client.get(f"http://127.0.0.1:{proxy.port}/prod/x") as resp:
+            assert resp.status == 502
+            detail = assert_json_error(await resp.read(), "upstream failed")["detail"]
+        assert "second line" not in detail and len(detail) < 300
+    finally:
+        await proxy.close(0.1)
+        upstream.close()
