@@ -25,6 +25,7 @@ from yarl import URL
 
 from proxy import canonical
 from proxy.cors import normalize_origin
+from proxy.headers import HTTP_TOKEN
 
 MiB = 1024 * 1024
 
@@ -37,12 +38,9 @@ _HOST_PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 5.1)
-
-
 def _header_names(names: list[str]) -> list[str]:
     for name in names:
-        if not _TOKEN.fullmatch(name):
+        if not HTTP_TOKEN.fullmatch(name):
             raise ValueError(f"{name!r} is not an HTTP header name")
     return names
 

@@ -9,7 +9,6 @@ Refusing unlisted origins is guard.py's job; this module only says yes.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -17,12 +16,12 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.errors import ProxyError
+from proxy.headers import HTTP_TOKEN
 
 if TYPE_CHECKING:
     from proxy.config import Settings
 
 # RFC 9110 section 5.6.2: method and header names are tokens; anything else is not echoed back.
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Vary tokens a preflight answer depends on (Fetch standard, "CORS protocol and HTTP caches").
 _PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 
@@ -77,7 +76,7 @@ class Cors:
 
     def preflight(self, request: web.BaseRequest, origin: str, method: str) -> web.Response:
         names = [n.strip() for n in request.headers.get("Access-Control-Request-Headers", "").split(",") if n.strip()]
-        if not _TOKEN.match(method) or not all(_TOKEN.match(n) for n in names):
+        if not HTTP_TOKEN.fullmatch(method) or not all(HTTP_TOKEN.fullmatch(n) for n in names):
             raise ProxyError(400, "malformed preflight", "Access-Control-Request-Method/-Headers must be HTTP tokens")
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Access-Control-Allow-Origin"] = origin

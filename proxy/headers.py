@@ -6,9 +6,13 @@ as Go's httputil.ReverseProxy, plus every header that `Connection` names.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+# An HTTP token: what header names and methods are made of (RFC 9110 5.1, 5.6.2).
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 HOP_BY_HOP = frozenset(
     {
