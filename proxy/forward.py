@@ -99,7 +99,7 @@ class Forwarder:
                     return response
             response = await self._forward(request, exchange)
         except ProxyError as exc:
-            log.warning("%s %s -> %d %s: %s", request.method, _loggable(request), exc.status, exc.error, exc.detail)
+            log.warning("%s %s -> %d %s: %s", request.method, exchange.path, exc.status, exc.error, exc.detail)
             exchange.failed(exc)
             response = from_exception(exc)
             self.apply_response_addons(request, response.headers)
@@ -179,10 +179,10 @@ class Forwarder:
                 return upstream, signed, head
             if not await active.credentials.force_refresh(credentials):
                 log.warning("%s %s: upstream says %s and refreshing gave no new credentials",
-                            request.method, _loggable(request), rejected)
+                            request.method, exchange.path, rejected)
                 return upstream, signed, head
             log.warning("%s %s: upstream says %s; credentials refreshed, retrying once",
-                        request.method, _loggable(request), rejected)
+                        request.method, exchange.path, rejected)
             upstream.close()
         raise AssertionError("unreachable: the second attempt always returns")
 
@@ -285,7 +285,7 @@ class Forwarder:
             # Headers are gone already: all that is left is to end the connection without a clean
             # end-of-body, so the client sees a truncated response instead of a complete one.
             exchange.upstream_error = "upstream body broke off"
-            log.warning("upstream body of %s %s broke off: %s", request.method, _loggable(request), exc)
+            log.warning("upstream body of %s %s broke off: %s", request.method, exchange.path, exc)
             if request.transport is not None:
                 request.transport.close()
         finally:
