@@ -15,12 +15,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import diagnose, redact
 from proxy.config import ConfigError, Route, Settings, resolve_routes
 from proxy.credentials import ChainCredentialSource, CredentialsUnavailable
-from proxy.server import CredentialFactory, StartupError, client_session, start_proxy
+from proxy.server import CredentialFactory, StartupError, start_proxy, upstream_client
+from proxy.upstream import Origin, UpstreamError
 
 Print = Callable[[str], None]
 
@@ -31,13 +33,18 @@ def _line(out: Print, label: str, text: str) -> None:
 
 async def measure_clock(route: Route, settings: Settings) -> str:
     """The local clock against the upstream's Date header (an unsigned HEAD: any answer has one)."""
-    async with client_session(settings) as session:
-        try:
-            async with session.head(route.upstream, allow_redirects=False) as response:
-                now = datetime.now(timezone.utc)
-                date = response.headers.get("Date")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"not measured: {route.upstream_origin} did not answer ({type(exc).__name__}: {exc})"
+    client = upstream_client(settings)
+    try:
+        response = await client.request(
+            Origin.parse(route.upstream_origin), "HEAD", route.upstream.raw_path_qs or "/", CIMultiDict(),
+            None, 0, settings.timeout,
+        )
+        now = datetime.now(timezone.utc)
+        date = response.headers.get("Date")
+    except (UpstreamError, TimeoutError) as exc:
+        return f"not measured: {route.upstream_origin} did not answer ({type(exc).__name__}: {exc})"
+    finally:
+        await client.close()
     server_time = diagnose.http_date(date)
     if server_time is None:
         return "not measured: the upstream sent no valid Date header"

@@ -6,7 +6,6 @@ what it does, and one place (errors.py) that turns failures into responses.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +16,6 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy import canonical
 from proxy.body import Body, read_body
@@ -29,6 +27,9 @@ from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing, read_refusal
 from proxy.rejection import token_rejection
 from proxy.signing import Credentials, SignedRequest, sign
+from proxy.upstream import (
+    ConnectFailed, ConnectTimeout, Origin, TLSFailed, UpstreamClient, UpstreamError, UpstreamResponse,
+)
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -59,6 +60,7 @@ class Addon(Protocol):
 class ActiveRoute:
     route: Route
     credentials: CredentialSource
+    origin: Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,7 @@ class Forwarder:
     def __init__(
         self,
         routes: list[ActiveRoute],
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         settings: Settings,
         addons: Sequence[Addon] = (),
         metrics: ProxyMetrics | None = None,
@@ -85,7 +87,7 @@ class Forwarder:
         self._addons = tuple(addons)
         self._observer = Observer(metrics or ProxyMetrics())
         self._routes = sorted(routes, key=lambda r: len(r.route.prefix), reverse=True)
-        self._session = session
+        self._client = client
         self._settings = settings
         self._plus_is_space = settings.query_plus == "space"
 
@@ -156,7 +158,7 @@ class Forwarder:
 
     async def sign_and_send(
         self, active: ActiveRoute, request: web.BaseRequest, target: Target, body: Body, exchange: Exchange
-    ) -> tuple[aiohttp.ClientResponse, SignedRequest, bytes]:
+    ) -> tuple[UpstreamResponse, SignedRequest, bytes]:
         """Sign and send; after an upstream "token expired/invalid" 403, once more with refreshed
         credentials (every body is spooled by body.py, so it can be sent again). Returns the
         response, what was signed, and the head of a 403's body, read already to tell why."""
@@ -169,7 +171,7 @@ class Forwarder:
                 log_signing(exchange, route, signed)
             exchange.stage = "sending"
             sent = time.monotonic()
-            upstream = await self.send(route, request.method, target, headers, body)
+            upstream = await self.send(active, request.method, target, headers, body)
             exchange.upstream_ttfb = time.monotonic() - sent
             if upstream.status != 403:
                 return upstream, signed, b""
@@ -186,10 +188,10 @@ class Forwarder:
             upstream.close()
         raise AssertionError("unreachable: the second attempt always returns")
 
-    async def read_refusal(self, route: Route, upstream: aiohttp.ClientResponse) -> bytes:
+    async def read_refusal(self, route: Route, upstream: UpstreamResponse) -> bytes:
         try:
             return await read_refusal(upstream)
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             upstream.close()
             raise ProxyError(502, "upstream failed", f"{route.upstream_origin}: reading its 403: {_summary(exc)}") from None
 
@@ -221,46 +223,39 @@ class Forwarder:
         return headers, signed
 
     async def send(
-        self, route: Route, method: str, target: Target, headers: CIMultiDict[str], body: Body
-    ) -> aiohttp.ClientResponse:
+        self, active: ActiveRoute, method: str, target: Target, headers: CIMultiDict[str], body: Body
+    ) -> UpstreamResponse:
+        origin = active.route.upstream_origin
         query = target.query
-        url = URL(f"{route.upstream_origin}{target.path}{'?' + query if query else ''}", encoded=True)
-        if body.file is not None:  # streamed from disk: say its length, or aiohttp would chunk it
-            headers["Content-Length"] = str(body.size)
         try:
-            async with asyncio.timeout(self._settings.timeout):
-                return await self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body.payload(),
-                    allow_redirects=False,
-                )
+            return await self._client.request(
+                active.origin,
+                method,
+                f"{target.path}?{query}" if query else target.path,
+                headers,
+                body.payload(),
+                body.size,
+                self._settings.timeout,
+            )
         except TimeoutError:
             raise ProxyError(
-                504,
-                "upstream timeout",
-                f"{route.upstream_origin} sent no response headers within {self._settings.timeout:g}s (--timeout)",
+                504, "upstream timeout", f"{origin} sent no response headers within {self._settings.timeout:g}s (--timeout)"
             ) from None
-        except aiohttp.ClientSSLError as exc:
-            raise ProxyError(
-                502, "upstream TLS error", f"{route.upstream_origin}: {exc} (see --ca-bundle)"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise ProxyError(
-                502, "upstream unreachable", f"cannot connect to {route.upstream_origin}: {exc.os_error}"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise ProxyError(
-                502, "upstream failed", f"{route.upstream_origin}: {type(exc).__name__}: {_summary(exc)}"
-            ) from None
+        except ConnectTimeout as exc:
+            raise ProxyError(504, "upstream timeout", f"cannot connect to {origin}: {exc} (--connect-timeout)") from None
+        except TLSFailed as exc:
+            raise ProxyError(502, "upstream TLS error", f"{origin}: {exc} (see --ca-bundle)") from None
+        except ConnectFailed as exc:
+            raise ProxyError(502, "upstream unreachable", f"cannot connect to {origin}: {exc}") from None
+        except UpstreamError as exc:
+            raise ProxyError(502, "upstream failed", f"{origin}: {_summary(exc)}") from None
 
     def apply_response_addons(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:
         for addon in self._addons:
             addon.on_response(request, headers)
 
     async def stream_response(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange, head: bytes = b""
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange, head: bytes = b""
     ) -> web.StreamResponse:
         """Stream the upstream's response; `head` is body already read (a 403 being diagnosed)."""
         headers = client_response_headers(upstream.headers)
@@ -272,40 +267,39 @@ class Forwarder:
             return await self.relay_small(request, upstream, headers, head)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         exchange.streamed = True
+        idle = self._settings.idle_timeout or None
         try:
             await response.prepare(request)
             if head:
                 await response.write(head)
                 exchange.bytes_out += len(head)
-            async for chunk in upstream.content.iter_any():
+            while chunk := await upstream.read_chunk(idle):
                 await response.write(chunk)
                 exchange.bytes_out += len(chunk)
             await response.write_eof()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, TimeoutError) as exc:
             # Headers are gone already: all that is left is to end the connection without a clean
             # end-of-body, so the client sees a truncated response instead of a complete one.
             exchange.upstream_error = "upstream body broke off"
-            log.warning("upstream body of %s %s broke off: %s", request.method, exchange.path, exc)
+            reason = "no data within --idle-timeout" if isinstance(exc, TimeoutError) else exc
+            log.warning("upstream body of %s %s broke off: %s", request.method, exchange.path, reason)
             if request.transport is not None:
                 request.transport.close()
         finally:
-            if upstream.content.at_eof():
-                upstream.release()  # back to the pool for the next request
-            else:
-                upstream.close()  # a half-read connection cannot be reused
+            upstream.close()  # an unfinished response closes its connection; a finished one is pooled
         return response
 
-
     async def relay_small(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], head: bytes
+        self, request: web.BaseRequest, upstream: UpstreamResponse, headers: CIMultiDict[str], head: bytes
     ) -> web.Response:
         """A small body with a known length goes back in one write, headers included: most API
         answers are a few hundred bytes, and one write instead of three is most of their cost."""
         try:
-            body = head + await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            body = head + await upstream.read(self._settings.idle_timeout or None)
+        except (UpstreamError, TimeoutError) as exc:
             upstream.close()
-            raise ProxyError(502, "upstream failed", f"its response body broke off: {_summary(exc)}") from None
+            reason = "no data within --idle-timeout" if isinstance(exc, TimeoutError) else _summary(exc)
+            raise ProxyError(502, "upstream failed", f"its response body broke off: {reason}") from None
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 

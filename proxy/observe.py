@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -20,6 +19,7 @@ from proxy.config import Route
 from proxy.errors import ProxyError
 from proxy.metrics import Counter, Gauge, Histogram, Metric, render
 from proxy.signing import SignedRequest
+from proxy.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from proxy.forward import ActiveRoute
@@ -135,15 +135,17 @@ def route_facts(route: Route) -> diagnose.RouteFacts:
     return diagnose.RouteFacts(route.sign_host, authority, route.region, route.service)
 
 
-async def read_head(content: aiohttp.StreamReader, limit: int, wait: float) -> bytes:
-    """Up to `limit` bytes of a response body, or what arrived within `wait` seconds: a 403 that
-    trickles must not hold its own headers back (a cancelled read consumes nothing)."""
+async def read_refusal(upstream: UpstreamResponse) -> bytes:
+    """The head of a 403's body (error bodies are small), which the caller must send on unchanged
+    before the rest of the body: up to REFUSAL_BODY_LIMIT bytes, or what arrived within
+    REFUSAL_READ_WAIT seconds, so a 403 that trickles cannot hold its own headers back (a
+    cancelled read consumes nothing)."""
     chunks: list[bytes] = []
     size = 0
-    deadline = time.monotonic() + wait
-    while size < limit:
+    deadline = time.monotonic() + REFUSAL_READ_WAIT
+    while size < REFUSAL_BODY_LIMIT:
         try:
-            chunk = await asyncio.wait_for(content.read(limit - size), max(deadline - time.monotonic(), 0))
+            chunk = await asyncio.wait_for(upstream.read_chunk(), max(deadline - time.monotonic(), 0))
         except TimeoutError:
             break
         if not chunk:
@@ -153,14 +155,8 @@ async def read_head(content: aiohttp.StreamReader, limit: int, wait: float) -> b
     return b"".join(chunks)
 
 
-async def read_refusal(upstream: aiohttp.ClientResponse) -> bytes:
-    """The head of a 403's body (error bodies are small), which the caller must send on unchanged
-    before the rest of the body."""
-    return await read_head(upstream.content, REFUSAL_BODY_LIMIT, REFUSAL_READ_WAIT)
-
-
 def explain_refusal(
-    exchange: Exchange, upstream: aiohttp.ClientResponse, head: bytes, signed: SignedRequest, route: Route, debug: bool
+    exchange: Exchange, upstream: UpstreamResponse, head: bytes, signed: SignedRequest, route: Route, debug: bool
 ) -> None:
     """Diagnose an upstream 403 from its headers and the head of its body; log one line."""
     refusal = diagnose.parse_refusal(upstream.headers, head)

@@ -1,4 +1,4 @@
-"""Start-up and shutdown: one shared ClientSession, the low-level aiohttp server, uvloop, signals."""
+"""Start-up and shutdown: one shared upstream client, the low-level aiohttp server, uvloop, signals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Route, Settings, parse_listen
@@ -25,6 +24,7 @@ from proxy.http_server import ProxyServer
 from proxy.logs import flush_access_log, flush_access_log_periodically
 from proxy.observe import ProxyMetrics
 from proxy.status import StatusEndpoints
+from proxy.upstream import Origin, UpstreamClient
 
 log = logging.getLogger("sigv4_proxy")
 
@@ -39,35 +39,22 @@ class StartupError(RuntimeError):
     """Start-up cannot go on: one line for the user, exit non-zero."""
 
 
-def upstream_ssl(settings: Settings) -> ssl.SSLContext | bool:
-    if settings.insecure:
-        log.warning("--insecure: upstream TLS certificates are NOT verified")
-        return False
+def upstream_tls(settings: Settings) -> ssl.SSLContext:
     cafile = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
     try:
-        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(f"cannot load CA bundle {cafile}: {exc}") from None
+    if settings.insecure:
+        log.warning("--insecure: upstream TLS certificates are NOT verified")
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-def client_session(settings: Settings) -> aiohttp.ClientSession:
-    """One pooled session for every request (keep-alive to the upstreams)."""
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=0, ssl=upstream_ssl(settings), ttl_dns_cache=300, keepalive_timeout=30
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        # No total deadline: it would kill long downloads and server-sent events (DESIGN.md fact 8).
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=settings.idle_timeout or None
-        ),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # cookies belong to the client, never shared
-        read_bufsize=READ_BUFSIZE,
-        trust_env=False,
-        # The client's own values (or none) pass; set once here, not rebuilt on every request.
-        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-    )
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """One client with keep-alive pools for every request."""
+    return UpstreamClient(upstream_tls(settings), settings.connect_timeout)
 
 
 @dataclass
@@ -76,7 +63,7 @@ class RunningProxy:
 
     server: asyncio.AbstractServer
     handler: web.Server
-    session: aiohttp.ClientSession
+    client: UpstreamClient
     routes: list[ActiveRoute]
     host: str
     port: int
@@ -102,7 +89,7 @@ class RunningProxy:
                 log.warning("shutdown: requests still running after %gs (--shutdown-grace): cutting them", grace)
         for connection in self.handler.connections:
             connection.force_close()  # its handler is cancelled (handler_cancellation), upstream closed
-        await self.session.close()
+        await self.client.close()
         await asyncio.gather(*(a.credentials.close() for a in self.routes))
 
 
@@ -118,17 +105,17 @@ async def start_proxy(
     """Start serving; the safety addons (guard.py, cors.py) always run first, before `addons`."""
     check_exposure(settings)
     addons = [*safety_addons(settings), *addons]
-    active = [ActiveRoute(route, credentials_for(route)) for route in routes]
+    active = [ActiveRoute(route, credentials_for(route), Origin.parse(route.upstream_origin)) for route in routes]
     async with AsyncExitStack() as stack:
         for a in active:  # stop every route's credential refresher if start-up fails past here
             stack.push_async_callback(a.credentials.close)
         await asyncio.gather(*(a.credentials.start() for a in active))
-        session = client_session(settings)
-        stack.push_async_callback(session.close)
+        client = upstream_client(settings)
+        stack.push_async_callback(client.close)
         metrics = ProxyMetrics()
         # The status endpoints come after the caller's addons, so guards also cover them.
         status = StatusEndpoints(settings.reserved_prefix, active, metrics)
-        forwarder = Forwarder(active, session, settings, (*addons, status), metrics)
+        forwarder = Forwarder(active, client, settings, (*addons, status), metrics)
         handler = ProxyServer(
             _never_crash(forwarder.handle),
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
@@ -144,7 +131,7 @@ async def start_proxy(
             raise StartupError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from None
         stack.pop_all()
     port = server.sockets[0].getsockname()[1]
-    return RunningProxy(server, handler, session, active, host, port, settings.reserved_prefix)
+    return RunningProxy(server, handler, client, active, host, port, settings.reserved_prefix)
 
 
 def _never_crash(
