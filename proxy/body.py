@@ -20,8 +20,9 @@ from proxy.errors import ProxyError
 from proxy.signing import EMPTY_SHA256
 
 MiB = 1024 * 1024
-READ_SIZE = 256 * 1024
-SEND_SIZE = MiB
+# Each upload in flight holds one such read plus what the socket has not taken yet: with ten
+# 5 MiB uploads at once, 1 MiB reads took the proxy's peak RSS from ~65 to ~73 MiB.
+SEND_SIZE = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -41,7 +42,7 @@ class Body:
         return self.data if self.size else None
 
     async def _spilled_chunks(self, handle: IO[bytes]) -> AsyncIterator[bytes]:
-        """A spilled body in 1 MiB reads. The file was just written, so each read comes from the
+        """A spilled body in SEND_SIZE reads. The file was just written, so each read comes from the
         page cache in a fraction of a millisecond: far cheaper than aiohttp's file payload, which
         hops to a thread for every 64 KiB (5 MiB POSTs ran at 0.18x direct speed with it)."""
         with handle:
@@ -95,7 +96,8 @@ async def read_body(
         spill = tempfile.TemporaryFile(prefix="sigv4-proxy-body-")
     size = 0
     try:
-        while chunk := await request.content.read(READ_SIZE):
+        # Chunks as they arrived: read(n) would slice and join them, one more copy of every byte.
+        async for chunk, _ in request.content.iter_chunks():
             size += len(chunk)
             if size > max_size:
                 raise _too_large(max_size)

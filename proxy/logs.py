@@ -30,6 +30,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, with the date and time formatted once a second instead of on every line
+    (strftime was a tenth of the access log's cost per request)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes the access log in batches: one write (and flush) per request cost more CPU than the
     rest of a small GET's own work (bench: ~80 of ~330 µs). A batch goes out when it holds
@@ -77,7 +93,13 @@ async def flush_access_log_periodically(interval: float = 0.5) -> None:
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter()
+    # The Logging HOWTO's "Optimization": no record field we never print (the caller's file and
+    # line, thread, process) is collected, which halves the cost of each access-log record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler])

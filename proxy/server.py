@@ -30,7 +30,7 @@ log = logging.getLogger("sigv4_proxy")
 
 lenient_parser.install()  # raw UTF-8 request targets (../shared/cases P3) are encoded, not refused
 
-READ_BUFSIZE = 256 * 1024
+READ_BUFSIZE = 64 * 1024  # request body bytes buffered per connection before it is paused
 # docker stop / Kubernetes send SIGTERM, Ctrl-C sends SIGINT: both start a graceful shutdown.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -31,8 +31,10 @@ BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
 # Idle upstream connections are closed after this many seconds (well under CloudFront's and
 # API Gateway's own idle limits, so we close first and never write into a connection they closed).
 KEEPALIVE = 30.0
-# Response bytes held for a slow client before the upstream is paused.
-HIGH_WATER = 1024 * 1024
+# Response bytes held for a slow client before the upstream is paused, and resumed (the kernel's
+# socket buffers hold more than this already; more here only adds to the proxy's memory).
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -115,11 +117,11 @@ class UpstreamResponse:
         if not self._chunks and not self._complete and self._error is None:
             await self._wait(idle_timeout)
         if self._chunks:
-            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
+            # One chunk at a time: joining them would copy every byte once more.
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
             connection = self._connection
-            if connection is not None and connection.reading_paused:
+            if connection is not None and connection.reading_paused and self._buffered <= LOW_WATER:
                 connection.resume_reading()
             return data
         if self._error is not None:
@@ -194,7 +196,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reading_paused = False
         self.answered = False  # any byte of an answer arrived in this exchange
-        self._parser: httptools.HttpResponseParser | None = None
+        self._parser: httptools.HttpResponseParser | None = None  # set while an exchange runs
+        self._llhttp: httptools.HttpResponseParser | None = None  # kept across exchanges
         self._head_request = False
         self._headers_waiter: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
@@ -209,7 +212,9 @@ class _Connection(asyncio.Protocol):
 
     # The exchange.
     def begin(self, method: str, waiter: asyncio.Future[UpstreamResponse]) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        if self._llhttp is None:
+            self._llhttp = httptools.HttpResponseParser(self)  # ~10 us: reused while it can be
+        self._parser = self._llhttp
         self._head_request = method == "HEAD"
         self._headers_waiter = waiter
         self._response = None
@@ -358,7 +363,9 @@ class _Connection(asyncio.Protocol):
         if self._headers_waiter is not None and not self._headers_waiter.done():
             self._headers_waiter.set_result(self._response)
         if self._head_request:
-            # llhttp cannot know a HEAD answer has no body (RFC 9110 9.3.2); end it here.
+            # llhttp cannot know a HEAD answer has no body (RFC 9110 9.3.2): end it here, and
+            # give the next exchange a parser that is not waiting for that body.
+            self._llhttp = None
             self._message_done()
 
     def on_body(self, body: bytes) -> None:
