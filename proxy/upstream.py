@@ -255,12 +255,17 @@ class _Connection(asyncio.Protocol):
         self._parser = None
         if self._response is not None:
             self._response._finish()
-        if self._body_pending:
+        if self._body_pending or self._unsent():
             # Answered before the whole body went out: the rest cannot be sent, nor the
             # connection reused with half a body in it.
             self.abandon()
         elif not self.closed:
             self._release()
+
+    def _unsent(self) -> bool:
+        """Bytes still in the transport's buffer: the sender handed over the last chunk, but the
+        upstream, which answered early and stopped reading, never got it (RFC 9112 9.3)."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def _release(self) -> None:
         if self.reading_paused:
