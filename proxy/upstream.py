@@ -90,9 +90,11 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         # No Content-Length and not chunked: the body ends when the connection does (RFC 9112 6.3).
-        self._until_close = "Content-Length" not in headers and "chunked" not in headers.get(
-            "Transfer-Encoding", ""
-        ).lower()
+        # Chunked means chunked as the final coding, of all Transfer-Encoding lines joined (RFC
+        # 9110 5.3), as llhttp reads it: "gzip" then "chunked" lines are chunked, "chunked, gzip" not.
+        codings = headers.getall("Transfer-Encoding", None)
+        chunked = codings is not None and ",".join(codings).rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self._until_close = not chunked and "Content-Length" not in headers
 
     @property
     def content_length(self) -> int | None:

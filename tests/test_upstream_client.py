@@ -89,6 +89,9 @@ FRAMINGS: list[tuple[str, bytes, bool, bytes, bool]] = [
      b"X-Trailer: t\r\n\r\n", False, b"hello world", True),
     ("until close", b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end", True, b"to the end", False),
     ("HTTP/1.0 until close", b"HTTP/1.0 200 OK\r\n\r\nold", True, b"old", False),
+    # RFC 9112 6.3: a transfer coding that does not end in chunked is delimited by the close.
+    ("until close, not chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzipped", True, b"zipped", False),
+    ("until close, chunked not last", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nzipped", True, b"zipped", False),
     ("204", b"HTTP/1.1 204 No Content\r\n\r\n", False, b"", True),
     ("304", b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', False, b"", True),
     ("304 with the length of the unsent body", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n", False, b"", True),
@@ -290,6 +293,8 @@ BROKEN_BODIES: list[tuple[str, bytes, bool]] = [
     ("closed short of its length", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", True),
     ("closed inside a chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\npartial", True),
     ("closed before the last chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n", True),
+    ("chunked named on a second line, closed before the last chunk",
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n", True),
 ]
 
 
