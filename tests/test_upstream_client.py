@@ -21,13 +21,13 @@ import pytest
 from multidict import CIMultiDict
 
 import proxy.upstream
-from conftest import CREDENTIALS
+from conftest import CREDENTIALS, Stack
 from proxy.config import Settings, resolve_routes
 from proxy.credentials import StaticCredentialSource
 from proxy.server import RunningProxy, start_proxy
 from proxy.upstream import HIGH_WATER, Origin, UpstreamClient, UpstreamError, UpstreamResponse, request_head
 from raw_upstream import Answer, Conn, RawUpstream, Script, answering
-from rawhttp import get, raw_request
+from rawhttp import get, parse_response, raw_request
 from test_tls import self_signed
 
 pytestmark = pytest.mark.timeout(10)  # a client that hangs is a failure, not a stuck suite
@@ -217,6 +217,18 @@ async def test_head_answer_has_no_body_and_the_next_get_gets_its_own(
     response, body = await fetch(upstream_client, upstream, "GET")
     assert body == b"after HEAD!"
     assert upstream.connections == 1
+
+
+async def test_head_then_get_on_one_connection_through_the_stack(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    try:
+        for method, body in (("HEAD", b""), ("GET", b"x" * 1234)):
+            writer.write(f"{method} /prod/sized HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
+            assert head.header("Content-Length") == "1234"
+            assert await asyncio.wait_for(reader.readexactly(len(body)), 5) == body
+    finally:
+        writer.close()
 
 
 FINAL = b"HTTP/1.1 201 Created\r\nX-Final: yes\r\nContent-Length: 4\r\n\r\ndone"
