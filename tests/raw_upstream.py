@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+
+import pytest
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 @dataclass
@@ -146,3 +150,35 @@ def answering(*answers: Answer, then_close: bool = False) -> Script:
                 return
 
     return script
+
+
+def stalling(before_stalling: bytes = b"") -> Script:
+    """The first connection takes a request, sends `before_stalling`, then waits for the client to
+    hang up; later connections answer OK."""
+
+    async def script(conn: Conn) -> None:
+        if conn.number > 1:
+            return await answering(OK)(conn)
+        await conn.request()
+        if before_stalling:
+            await conn.send(before_stalling)
+        await conn.until_client_closes()
+
+    return script
+
+
+Serve = Callable[..., Awaitable[RawUpstream]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start RawUpstreams (`await serve(script, tls=None)`), closed at the end of the test."""
+    started: list[RawUpstream] = []
+
+    async def start(script: Script, tls: ssl.SSLContext | None = None) -> RawUpstream:
+        started.append(await RawUpstream(script, tls).start())
+        return started[-1]
+
+    yield start
+    for upstream in started:
+        await upstream.close()

@@ -9,44 +9,21 @@ the client gave up is one the server saw closed (tests/raw_upstream.py records b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from multidict import CIMultiDict
 
 import proxy.upstream
-from conftest import CREDENTIALS, Stack
-from proxy.config import Settings, resolve_routes
-from proxy.credentials import StaticCredentialSource
-from proxy.server import RunningProxy, start_proxy
 from proxy.upstream import HIGH_WATER, Origin, UpstreamClient, UpstreamError, UpstreamResponse, request_head
-from raw_upstream import Answer, Conn, RawUpstream, Script, answering
-from rawhttp import get, parse_response, raw_request
+from raw_upstream import OK, Answer, Conn, RawUpstream, Script, Serve, answering, serve, stalling  # noqa: F401 (serve: a fixture)
 from test_tls import self_signed
 
 pytestmark = pytest.mark.timeout(10)  # a client that hangs is a failure, not a stuck suite
-
-Serve = Callable[..., Awaitable[RawUpstream]]
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    started: list[RawUpstream] = []
-
-    async def start(script: Script, tls: ssl.SSLContext | None = None) -> RawUpstream:
-        started.append(await RawUpstream(script, tls).start())
-        return started[-1]
-
-    yield start
-    for upstream in started:
-        await upstream.close()
 
 
 @pytest.fixture
@@ -79,7 +56,7 @@ async def chunks(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-# -- 1, 5: how a body ends, and whether the connection then carries the next request ----------------
+# -- How a body ends, and whether the connection then carries the next request -----------------
 
 FRAMINGS: list[tuple[str, bytes, bool, bytes, bool]] = [
     # name, answer, server closes after it, body the client must see, connection reused
@@ -117,7 +94,7 @@ async def test_body_framing_and_keep_alive(
         await upstream.wait_closed_by_client(1)  # given up, not left open
 
 
-# -- 2: stale pooled connections -----------------------------------------------------------------
+# -- Stale pooled connections -------------------------------------------------------------------
 
 
 async def test_idle_connection_the_upstream_closed_is_not_used(serve: Serve, upstream_client: UpstreamClient) -> None:
@@ -149,31 +126,34 @@ def close_on_second_request(partial_answer: bytes = b"") -> Script:
     return script
 
 
-RACES: list[tuple[str, str, Callable[[], bytes | AsyncIterator[bytes] | None], bool]] = [
-    # name, method, body, retried on a new connection (RFC 9110 9.2.2 idempotent, body replayable)
-    ("GET", "GET", lambda: None, True),
-    ("HEAD", "HEAD", lambda: None, True),
-    ("DELETE", "DELETE", lambda: None, True),
-    ("PUT in memory", "PUT", lambda: b"x" * 100, True),
-    ("PUT streamed", "PUT", lambda: chunks(b"x" * 100), False),  # its chunks are consumed
-    ("POST", "POST", lambda: b"x" * 100, False),
-    ("PATCH", "PATCH", lambda: b"x" * 100, False),
+RACES: list[tuple[str, str, bytes | None, bool, bool]] = [
+    # name, method, body, streamed, retried on a new connection (RFC 9110 9.2.2: idempotent, and
+    # the body can go again; a streamed body's chunks are consumed)
+    ("GET", "GET", None, False, True),
+    ("HEAD", "HEAD", None, False, True),
+    ("DELETE", "DELETE", None, False, True),
+    ("PUT in memory", "PUT", b"x" * 100, False, True),
+    ("PUT streamed", "PUT", b"x" * 100, True, False),
+    ("POST", "POST", b"x" * 100, False, False),
+    ("PATCH", "PATCH", b"x" * 100, False, False),
 ]
 
 
-@pytest.mark.parametrize(("method", "body", "retried"), [r[1:] for r in RACES], ids=[r[0] for r in RACES])
+@pytest.mark.parametrize(("method", "body", "streamed", "retried"), [r[1:] for r in RACES], ids=[r[0] for r in RACES])
 async def test_pooled_connection_closed_as_it_is_used(
-    serve: Serve, upstream_client: UpstreamClient, method: str, body: Callable[[], bytes | AsyncIterator[bytes] | None], retried: bool
+    serve: Serve, upstream_client: UpstreamClient, method: str, body: bytes | None, streamed: bool, retried: bool
 ) -> None:
     upstream = await serve(close_on_second_request())
     await fetch(upstream_client, upstream)
+    payload = chunks(body) if streamed and body else body
+    size = len(body or b"")
     if retried:
-        response = await send(upstream_client, upstream, method, body(), 100 if method == "PUT" else 0)
+        response = await send(upstream_client, upstream, method, payload, size)
         assert response.status == 200
         assert [(r.method, r.connection) for r in upstream.requests[1:]] == [(method, 1), (method, 2)]
     else:
         with pytest.raises(UpstreamError, match="closed the connection"):
-            await send(upstream_client, upstream, method, body(), 100)
+            await send(upstream_client, upstream, method, payload, size)
         assert upstream.connections == 1  # not sent again: the upstream may have acted on it
 
 
@@ -198,7 +178,7 @@ async def test_connection_idle_past_keepalive_is_closed_not_used(
     await upstream.wait_closed_by_client(1)
 
 
-# -- 3, 4: HEAD and interim answers -------------------------------------------------------------
+# -- HEAD and interim answers --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -217,18 +197,6 @@ async def test_head_answer_has_no_body_and_the_next_get_gets_its_own(
     response, body = await fetch(upstream_client, upstream, "GET")
     assert body == b"after HEAD!"
     assert upstream.connections == 1
-
-
-async def test_head_then_get_on_one_connection_through_the_stack(stack: Stack) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
-    try:
-        for method, body in (("HEAD", b""), ("GET", b"x" * 1234)):
-            writer.write(f"{method} /prod/sized HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            head = parse_response(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
-            assert head.header("Content-Length") == "1234"
-            assert await asyncio.wait_for(reader.readexactly(len(body)), 5) == body
-    finally:
-        writer.close()
 
 
 FINAL = b"HTTP/1.1 201 Created\r\nX-Final: yes\r\nContent-Length: 4\r\n\r\ndone"
@@ -250,27 +218,42 @@ async def test_interim_answers_are_skipped(serve: Serve, upstream_client: Upstre
     assert upstream.connections == 1
 
 
-# -- 7, 8, 9: timeouts, answers that are not HTTP, bodies that break off -------------------------
+# -- Early answers ------------------------------------------------------------------------------
 
 
-def stall_first_connection(before_stalling: bytes = b"") -> Script:
-    """The first connection takes the request, sends `before_stalling`, then waits for the client
-    to hang up; later connections answer."""
+async def test_answer_before_the_whole_body_went_out_stops_it_and_the_connection(
+    serve: Serve, upstream_client: UpstreamClient
+) -> None:
+    """An upstream may answer (403, 413) before reading the body (RFC 9112 9.3): the rest of the
+    body is not sent, and the connection, out of step, is not reused."""
+    dropped: list[int] = []
 
-    async def script(conn: Conn) -> None:
+    async def answer_early(conn: Conn) -> None:
         if conn.number > 1:
             return await answering(OK)(conn)
-        await conn.request()
-        if before_stalling:
-            await conn.send(before_stalling)
-        await conn.until_client_closes()
+        await conn.request(body_limit=64 * 1024)
+        await conn.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+        dropped.append(await conn.until_client_closes())
 
-    return script
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"a" * 64 * 1024
+        await asyncio.sleep(0.3)  # the next chunk is slow to come (a slow client, a slow disk)
+        yield b"b" * 64 * 1024
+
+    upstream = await serve(answer_early)
+    response = await send(upstream_client, upstream, "POST", slow_body(), 128 * 1024)
+    assert (response.status, await response.read(2.0)) == (403, b"no")
+    assert (await fetch(upstream_client, upstream))[1] == b"ok"
+    await upstream.wait_closed_by_client(1)
+    assert dropped == [0] and upstream.connections == 2
+
+
+# -- Timeouts, answers that are not HTTP, bodies that break off ----------------------------------
 
 
 @pytest.mark.parametrize("before", [b"", b"HTTP/1.1 200 OK\r\nContent-"], ids=["silent", "half a head"])
 async def test_no_headers_within_timeout(serve: Serve, upstream_client: UpstreamClient, before: bytes) -> None:
-    upstream = await serve(stall_first_connection(before))
+    upstream = await serve(stalling(before))
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await send(upstream_client, upstream, timeout=0.3)
@@ -292,7 +275,7 @@ INVALID: list[tuple[str, bytes]] = [
 
 @pytest.mark.parametrize("answer", [i[1] for i in INVALID], ids=[i[0] for i in INVALID])
 async def test_invalid_answer_is_an_upstream_error_and_closes(serve: Serve, upstream_client: UpstreamClient, answer: bytes) -> None:
-    upstream = await serve(stall_first_connection(answer))
+    upstream = await serve(stalling(answer))
     with pytest.raises(UpstreamError, match="invalid HTTP response"):
         await fetch(upstream_client, upstream)
     await upstream.wait_closed_by_client(1, timeout=1.0)
@@ -314,7 +297,7 @@ BROKEN_BODIES: list[tuple[str, bytes, bool]] = [
 async def test_body_that_breaks_off_is_an_error_not_a_short_body(
     serve: Serve, upstream_client: UpstreamClient, answer: bytes, closes: bool
 ) -> None:
-    upstream = await serve(answering(answer, then_close=True) if closes else stall_first_connection(answer))
+    upstream = await serve(answering(answer, then_close=True) if closes else stalling(answer))
     response = await send(upstream_client, upstream)
     assert response.status == 200
     with pytest.raises(UpstreamError):
@@ -323,7 +306,7 @@ async def test_body_that_breaks_off_is_an_error_not_a_short_body(
         await upstream.wait_closed_by_client(1, timeout=1.0)
 
 
-# -- 10: flow control ----------------------------------------------------------------------------
+# -- Flow control ---------------------------------------------------------------------------------
 
 BIG = 32 * 1024 * 1024
 
@@ -358,7 +341,49 @@ async def test_slow_reader_pauses_the_upstream_and_gets_every_byte(serve: Serve,
     assert largest <= HIGH_WATER + 512 * 1024, f"{largest} bytes were held for the reader at once"
 
 
-# -- 11: the request head ------------------------------------------------------------------------
+# -- Cancellation ---------------------------------------------------------------------------------
+
+
+async def test_cancelled_request_closes_the_upstream_connection(serve: Serve, upstream_client: UpstreamClient) -> None:
+    upstream = await serve(stalling())
+    task = asyncio.create_task(send(upstream_client, upstream, timeout=30))
+    async with asyncio.timeout(2):
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+    task.cancel()  # the proxy's client hung up
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await upstream.wait_closed_by_client(1, timeout=1.0)
+
+
+async def test_closing_an_unfinished_response_closes_its_connection(serve: Serve, upstream_client: UpstreamClient) -> None:
+    upstream = await serve(stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes"))
+    response = await send(upstream_client, upstream)
+    assert await response.read_chunk(2.0) == b"first bytes"
+    response.close()
+    await upstream.wait_closed_by_client(1, timeout=1.0)
+    assert (await fetch(upstream_client, upstream))[1] == b"ok"
+    assert upstream.connections == 2
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+async def test_tls_connection_is_reused(serve: Serve, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    upstream = await serve(answering(OK), tls=server_tls)
+    client = UpstreamClient(ssl.create_default_context(cafile=str(cert)), connect_timeout=2.0)
+    try:
+        for _ in range(3):
+            assert (await fetch(client, upstream))[1] == b"ok"
+    finally:
+        await client.close()
+    assert upstream.connections == 1
+
+
+# -- The request head and the Host header ---------------------------------------------------------
 
 
 def test_request_head_bytes() -> None:
@@ -420,160 +445,3 @@ def test_origin_host_header(origin: str, secure: bool, host: str, port: int, hos
 def test_origin_refuses_what_is_not_http(origin: str) -> None:
     with pytest.raises(ValueError):
         Origin.parse(origin)
-
-
-# -- 12: cancellation ----------------------------------------------------------------------------
-
-
-async def test_cancelled_request_closes_the_upstream_connection(serve: Serve, upstream_client: UpstreamClient) -> None:
-    upstream = await serve(stall_first_connection())
-    task = asyncio.create_task(send(upstream_client, upstream, timeout=30))
-    async with asyncio.timeout(2):
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
-    task.cancel()  # the proxy's client hung up
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await upstream.wait_closed_by_client(1, timeout=1.0)
-
-
-async def test_closing_an_unfinished_response_closes_its_connection(serve: Serve, upstream_client: UpstreamClient) -> None:
-    upstream = await serve(stall_first_connection(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes"))
-    response = await send(upstream_client, upstream)
-    assert await response.read_chunk(2.0) == b"first bytes"
-    response.close()
-    await upstream.wait_closed_by_client(1, timeout=1.0)
-    assert (await fetch(upstream_client, upstream))[1] == b"ok"
-    assert upstream.connections == 2
-
-
-# -- 13: TLS -------------------------------------------------------------------------------------
-
-
-async def test_tls_connection_is_reused(serve: Serve, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    upstream = await serve(answering(OK), tls=server_tls)
-    client = UpstreamClient(ssl.create_default_context(cafile=str(cert)), connect_timeout=2.0)
-    try:
-        for _ in range(3):
-            assert (await fetch(client, upstream))[1] == b"ok"
-    finally:
-        await client.close()
-    assert upstream.connections == 1
-
-
-async def test_answer_before_the_whole_body_went_out_stops_it_and_the_connection(
-    serve: Serve, upstream_client: UpstreamClient
-) -> None:
-    """An upstream may answer (403, 413) before reading the body (RFC 9112 9.3): the rest of the
-    body is not sent, and the connection, out of step, is not reused."""
-    dropped: list[int] = []
-
-    async def answer_early(conn: Conn) -> None:
-        if conn.number > 1:
-            return await answering(OK)(conn)
-        await conn.request(body_limit=64 * 1024)
-        await conn.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
-        dropped.append(await conn.until_client_closes())
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"a" * 64 * 1024
-        await asyncio.sleep(0.3)  # the next chunk is slow to come (a slow client, a slow disk)
-        yield b"b" * 64 * 1024
-
-    upstream = await serve(answer_early)
-    response = await send(upstream_client, upstream, "POST", slow_body(), 128 * 1024)
-    assert (response.status, await response.read(2.0)) == (403, b"no")
-    assert (await fetch(upstream_client, upstream))[1] == b"ok"
-    await upstream.wait_closed_by_client(1)
-    assert dropped == [0] and upstream.connections == 2
-
-
-
-# -- through the proxy: what the proxy's client sees ---------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def proxy_to(upstream: RawUpstream, **options: object) -> AsyncIterator[RunningProxy]:
-    settings = Settings(listen="127.0.0.1:0", upstream=upstream.url, sign_host="x.execute-api.us-east-1.amazonaws.com", **options)
-    running = await start_proxy(settings, resolve_routes(settings), lambda _route: StaticCredentialSource(CREDENTIALS))
-    try:
-        yield running
-    finally:
-        await running.close(0.1)
-
-
-EARLY: list[tuple[str, bytes, bool]] = [
-    # name, answer after the first 64 KiB of the body, the upstream closes (else it stops reading)
-    ("413 and close", b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 13\r\nConnection: close\r\n\r\nbody too big!", True),
-    ("403 kept open", b'HTTP/1.1 403 Forbidden\r\nContent-Length: 25\r\n\r\n{"message":"Forbidden!!"}', False),
-]
-
-
-@pytest.mark.parametrize(("answer", "closes"), [e[1:] for e in EARLY], ids=[e[0] for e in EARLY])
-async def test_early_answer_to_a_large_upload_reaches_the_client(
-    serve: Serve, client: aiohttp.ClientSession, answer: bytes, closes: bool
-) -> None:
-    """An upstream may refuse a 5 MiB body after reading 64 KiB of it (RFC 9112 9.3): the client
-    must get that answer, not a 502 for the write that can no longer finish."""
-
-    async def refuse_early(conn: Conn) -> None:
-        if conn.number > 1:
-            return await answering(OK)(conn)
-        request = await conn.request(body_limit=64 * 1024)
-        assert request is not None and len(request.body) == 64 * 1024
-        await conn.send(answer)
-        if not closes:
-            await asyncio.sleep(0.3)  # not reading: the rest of the body cannot be written
-            await conn.until_client_closes()
-
-    upstream = await serve(refuse_early)
-    async with proxy_to(upstream, timeout=3.0) as running:
-        url = f"http://127.0.0.1:{running.port}"
-        async with client.post(f"{url}/upload", data=b"u" * (5 * 1024 * 1024)) as resp:
-            assert (resp.status, await resp.read()) == (int(answer[9:12]), answer.partition(b"\r\n\r\n")[2])
-        async with client.get(f"{url}/next") as resp:  # on a new connection: the old one has half a body in it
-            assert (resp.status, await resp.read()) == (200, b"ok")
-    assert upstream.connections == 2
-    if not closes:
-        await upstream.wait_closed_by_client(1)
-
-
-BROKEN_THROUGH: list[tuple[str, bytes, str]] = [
-    # name, what the upstream sends before closing, what the client sees
-    ("small body cut", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "502"),
-    ("streamed body cut", b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"p" * 100_000, "truncated"),
-    ("chunked body cut", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n", "truncated"),
-]
-
-
-@pytest.mark.parametrize(("answer", "seen"), [b[1:] for b in BROKEN_THROUGH], ids=[b[0] for b in BROKEN_THROUGH])
-async def test_upstream_closing_mid_body_never_looks_complete(
-    serve: Serve, client: aiohttp.ClientSession, answer: bytes, seen: str
-) -> None:
-    upstream = await serve(answering(answer, then_close=True))
-    async with proxy_to(upstream) as running:
-        url = f"http://127.0.0.1:{running.port}/cut"
-        if seen == "502":
-            async with client.get(url) as resp:
-                assert resp.status == 502 and (await resp.json())["error"] == "upstream failed"
-        else:
-            with pytest.raises(aiohttp.ClientPayloadError):
-                async with client.get(url) as resp:
-                    assert resp.status == 200
-                    await resp.read()
-
-
-async def test_client_hanging_up_before_the_answer_closes_the_upstream_connection(serve: Serve) -> None:
-    upstream = await serve(stall_first_connection())
-    async with proxy_to(upstream) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write(get(b"/slow"))
-        async with asyncio.timeout(2):
-            while not upstream.requests:
-                await asyncio.sleep(0.01)
-        writer.close()
-        await upstream.wait_closed_by_client(1, timeout=1.0)
-        assert (await raw_request(running.port, get(b"/after"))).status == 200
