@@ -97,6 +97,35 @@ async def test_upstream_closing_mid_body_never_looks_complete(
                     await resp.read()
 
 
+STALLED: list[tuple[str, bytes, str]] = [
+    # name, what the upstream sends before it goes quiet, what the client sees
+    ("small body", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "502"),
+    ("streamed body", b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"p" * 100_000, "truncated"),
+]
+
+
+@pytest.mark.parametrize(("answer", "seen"), [s[1:] for s in STALLED], ids=[s[0] for s in STALLED])
+async def test_body_idle_past_idle_timeout_closes_the_upstream_connection(
+    serve: Serve, client: aiohttp.ClientSession, answer: bytes, seen: str
+) -> None:
+    """The client is told (502, or a truncated body), and the upstream connection, with the rest
+    of that body still to come, is closed rather than pooled."""
+    upstream = await serve(stalling(answer))
+    async with proxy_to(upstream, idle_timeout=0.3) as running:
+        url = f"http://127.0.0.1:{running.port}/quiet"
+        if seen == "502":
+            async with client.get(url) as resp:
+                assert resp.status == 502 and "--idle-timeout" in (await resp.json())["detail"]
+        else:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with client.get(url) as resp:
+                    await resp.read()
+        await upstream.wait_closed_by_client(1, timeout=1.0)
+        async with client.get(url) as resp:
+            assert (resp.status, await resp.read()) == (200, b"ok")
+    assert upstream.connections == 2
+
+
 async def test_client_hanging_up_before_the_answer_closes_the_upstream_connection(serve: Serve) -> None:
     upstream = await serve(stalling())
     async with proxy_to(upstream) as running:
