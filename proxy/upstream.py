@@ -250,7 +250,12 @@ class _Connection(asyncio.Protocol):
         if self._sending is not None and not self._sending.done():
             self._sending.cancel()
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            if self._unsent():
+                # close() would first flush the buffered rest of a body, holding the connection
+                # open for as long as an upstream that stopped reading keeps it.
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.closed = True
 
     def _message_done(self) -> None:
