@@ -9,6 +9,7 @@ and which connections the client closed, so a test can tell reuse from reconnect
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,24 @@ class RawUpstream:
         finally:
             writer.close()
             self._tasks.discard(task)
+
+    def sockets_held_by_us(self) -> int:
+        """How many sockets this process holds open to this server (Linux /proc): a connection the
+        client gave up must not linger, e.g. while the kernel tries to flush a buffer into it."""
+        inodes = set()
+        for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+            with open(table) as rows:
+                for row in list(rows)[1:]:
+                    fields = row.split()
+                    if int(fields[2].rsplit(":", 1)[1], 16) == self.port:  # remote port
+                        inodes.add(fields[9])
+        held = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held += os.readlink(f"/proc/self/fd/{fd}").removeprefix("socket:[").removesuffix("]") in inodes
+            except OSError:
+                pass  # closed meanwhile (the listing's own descriptor)
+        return held
 
     async def wait_closed_by_client(self, number: int, timeout: float = 3.0) -> None:
         async with asyncio.timeout(timeout):

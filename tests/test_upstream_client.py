@@ -248,6 +248,26 @@ async def test_answer_before_the_whole_body_went_out_stops_it_and_the_connection
     assert dropped == [0] and upstream.connections == 2
 
 
+async def test_refused_body_is_not_left_flushing_into_an_upstream_that_stopped_reading(
+    serve: Serve, upstream_client: UpstreamClient
+) -> None:
+    """After an early answer the connection is dropped at once, not held open (a socket and the
+    buffered rest of the body) for as long as the upstream, no longer reading, keeps it."""
+
+    async def refuse_and_stop_reading(conn: Conn) -> None:
+        await conn.request(body_limit=64 * 1024)
+        await conn.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        await asyncio.sleep(10)  # neither reads nor closes
+
+    upstream = await serve(refuse_and_stop_reading)
+    body = b"u" * (5 * 1024 * 1024)  # more than the kernel's socket buffers take
+    response = await send(upstream_client, upstream, "PUT", chunks(body, 1024 * 1024), len(body))
+    assert response.status == 413
+    async with asyncio.timeout(1):
+        while upstream.sockets_held_by_us():
+            await asyncio.sleep(0.02)
+
+
 # -- Timeouts, answers that are not HTTP, bodies that break off ----------------------------------
 
 
