@@ -92,9 +92,11 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         # No Content-Length and not chunked: the body ends when the connection does (RFC 9112 6.3).
-        self._until_close = "Content-Length" not in headers and "chunked" not in headers.get(
-            "Transfer-Encoding", ""
-        ).lower()
+        # Chunked means chunked as the final coding, of all Transfer-Encoding lines joined (RFC
+        # 9110 5.3), as llhttp reads it: "gzip" then "chunked" lines are chunked, "chunked, gzip" not.
+        codings = headers.getall("Transfer-Encoding", None)
+        chunked = codings is not None and ",".join(codings).rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self._until_close = not chunked and "Content-Length" not in headers
 
     @property
     def content_length(self) -> int | None:
@@ -253,19 +255,29 @@ class _Connection(asyncio.Protocol):
         if self._sending is not None and not self._sending.done():
             self._sending.cancel()
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            if self._unsent():
+                # close() would first flush the buffered rest of a body, holding the connection
+                # open for as long as an upstream that stopped reading keeps it.
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.closed = True
 
     def _message_done(self) -> None:
         self._parser = None
         if self._response is not None:
             self._response._finish()
-        if self._body_pending:
+        if self._body_pending or self._unsent():
             # Answered before the whole body went out: the rest cannot be sent, nor the
             # connection reused with half a body in it.
             self.abandon()
         elif not self.closed:
             self._release()
+
+    def _unsent(self) -> bool:
+        """Bytes still in the transport's buffer: the sender handed over the last chunk, but the
+        upstream, which answered early and stopped reading, never got it (RFC 9112 9.3)."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def _release(self) -> None:
         if self.reading_paused:
