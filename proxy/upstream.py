@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohappyeyeballs
 import httptools
 from multidict import CIMultiDict
 from yarl import URL
@@ -443,25 +445,36 @@ class UpstreamClient:
         return None
 
     async def _connect(self, origin: Origin, deadline: float) -> _Connection:
-        loop = asyncio.get_running_loop()
         pool = self._idle.setdefault(origin, [])
         self._close_expired(pool)
         limit = min(self._connect_timeout, max(deadline - time.monotonic(), 0))
         try:
             async with asyncio.timeout(limit):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(pool),
-                    origin.host,
-                    origin.port,
-                    ssl=self._tls if origin.secure else None,
-                    server_hostname=origin.host if origin.secure else None,
-                )
+                return await self._open(origin, pool)
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {limit:g}s") from None
         except ssl.SSLError as exc:
             raise TLSFailed(getattr(exc, "verify_message", None) or exc.reason or str(exc)) from None
         except OSError as exc:
             raise ConnectFailed(exc.strerror or str(exc)) from None
+
+    async def _open(self, origin: Origin, pool: list[_Connection]) -> _Connection:
+        """Happy Eyeballs (RFC 8305) over every address of the host, as aiohttp does: CloudFront
+        names resolve to IPv6 and IPv4 addresses, and on a network where IPv6 goes nowhere trying
+        the addresses one after the other would spend the whole connect timeout on the first."""
+        loop = asyncio.get_running_loop()
+        addresses = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=0.25, interleave=1)
+        try:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(pool),
+                sock=sock,
+                ssl=self._tls if origin.secure else None,
+                server_hostname=origin.host if origin.secure else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
         return connection
 
     async def _exchange(

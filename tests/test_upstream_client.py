@@ -465,3 +465,30 @@ def test_origin_host_header(origin: str, secure: bool, host: str, port: int, hos
 def test_origin_refuses_what_is_not_http(origin: str) -> None:
     with pytest.raises(ValueError):
         Origin.parse(origin)
+
+
+async def test_every_address_of_the_host_is_tried(
+    serve: Serve, upstream_client: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with several addresses (CloudFront's: IPv6 and IPv4) where the first refuses: the
+    connection is made to the next one (Happy Eyeballs, RFC 8305), not reported as unreachable.
+    Only the resolver's answer is staged; both connection attempts are real, on 127.0.0.1."""
+    import socket
+
+    upstream = await serve(answering(OK))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refusing = closed.getsockname()[1]  # bound, never listening: connecting is refused
+        loop = asyncio.get_running_loop()
+        stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        resolved = [(*stream, ("127.0.0.1", refusing)), (*stream, ("127.0.0.1", upstream.port))]
+
+        async def getaddrinfo(host: str, port: int, **_: object) -> list[tuple[object, ...]]:
+            assert host == "multi.example" and port == 443
+            return resolved
+
+        monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+        origin = Origin(secure=False, host="multi.example", port=443, host_header="multi.example")
+        response = await upstream_client.request(origin, "GET", "/", CIMultiDict(), None, 0, 2.0)
+        assert (response.status, await response.read(2.0)) == (200, b"ok")
+    assert upstream.connections == 1 and upstream.requests[0].header("Host") == "multi.example"
