@@ -6,6 +6,7 @@ what it does, and one place (errors.py) that turns failures into responses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -109,7 +110,9 @@ class Forwarder:
             exchange.status = 500  # a bug: server.py's _never_crash answers 500
             raise
         finally:
-            self._observer.finished(exchange, response)
+            # Logged and counted once the response is on its way: aiohttp writes a small one right
+            # after this returns, and the access line no longer delays it (~30 us at 1 connection).
+            asyncio.get_running_loop().call_soon(self._observer.finished, exchange, response)
         return response
 
     async def _forward(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
