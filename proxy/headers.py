@@ -64,5 +64,7 @@ def upstream_request_headers(
 
 def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Upstream response headers to pass back: all but hop-by-hop (several Set-Cookie kept)."""
-    dropped = HOP_BY_HOP | connection_tokens(headers)
-    return CIMultiDict((n, v) for n, v in headers.items() if n.lower() not in dropped)
+    out = CIMultiDict(headers)  # copied in C, then a few lookups: cheaper than filtering each name
+    for name in HOP_BY_HOP | connection_tokens(headers):
+        out.popall(name, None)
+    return out
