@@ -38,6 +38,7 @@ def get(target: bytes) -> bytes:
     return request("GET", target)
 
 
+UTF8_GET = get(UTF8)
 LENGTH = request("POST", b"/stage/up/length", TRICKY)
 CHUNKED = request("PUT", b"/stage/up/chunked", chunks=[TRICKY, b"x" * 17, b"\r\n"])
 CHUNKED_BODY = TRICKY + b"x" * 17 + b"\r\n"
@@ -71,13 +72,13 @@ async def read_one(reader: asyncio.StreamReader) -> RawResponse:
     return response
 
 
-async def converse(port: int, writes: list[bytes], count: int, pause: float = PAUSE) -> list[RawResponse]:
+async def converse(port: int, writes: list[bytes], count: int) -> list[RawResponse]:
     """Write each piece in turn on one connection, then read `count` responses from it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for n, piece in enumerate(writes):
             if n:
-                await asyncio.sleep(pause)
+                await asyncio.sleep(PAUSE)
             writer.write(piece)
             await writer.drain()
         responses = []
@@ -105,7 +106,6 @@ def tail_with(message: bytes, after: bytes) -> list[bytes]:
     return [message[:-3], message[-3:] + after]
 
 
-UTF8_GET = get(UTF8)
 # (what the client writes, in pieces; the requests in it, in order)
 CASES = {
     "length body's end and a UTF-8 target in one write": (tail_with(LENGTH, UTF8_GET), [LENGTH, UTF8_GET]),
