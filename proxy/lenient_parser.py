@@ -114,26 +114,29 @@ class LenientRequestParser:
     def _skip_body(self, buffer: bytes, pos: int) -> int:
         """Where the body under way ends in `buffer`, or where a line it cut begins; at len(buffer)
         when the whole buffer is body."""
+        left, chunked, size = self._left, self._chunked, len(buffer)  # locals: this runs per chunk
         while True:
-            if self._left:
-                step = min(self._left, len(buffer) - pos)
-                self._left -= step
-                pos += step
-                if self._left:
-                    return pos
-            if not self._chunked:
-                return pos
+            if left:
+                if left > size - pos:
+                    self._left, self._chunked = left - (size - pos), chunked
+                    return size
+                pos += left
+                left = 0
+            if not chunked:
+                break
             end = buffer.find(b"\r\n", pos)
             if end < 0:
-                return pos
+                break
             line, pos = buffer[pos:end], end + 2
-            if self._chunked == _TRAILER_LINES:
+            if chunked == _TRAILER_LINES:
                 if not line:  # the empty line after the trailer fields ends the message
-                    self._chunked = 0
-            elif size := int(line.partition(b";")[0], 16):  # chunk-size [ chunk-ext ] CRLF
-                self._left = size + 2  # the chunk's data and the CRLF after it
+                    chunked = 0
+            elif chunk := int(line.partition(b";")[0], 16):  # chunk-size [ chunk-ext ] CRLF
+                left = chunk + 2  # the chunk's data and the CRLF after it
             else:
-                self._chunked = _TRAILER_LINES  # last-chunk
+                chunked = _TRAILER_LINES  # last-chunk
+        self._left, self._chunked = left, chunked
+        return pos
 
     def _replay(self, data: bytes) -> bytes | None:
         """The bytes from the start of the request llhttp refused, or None if they are not known."""
