@@ -26,8 +26,8 @@ class Connection(BaseProtocol):
     """aiohttp's server side of a connection cut down to its parser and flow control: a payload
     over its high-water mark pauses the parser, reading it resumes the parser (feed_data(b""))."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop, LenientRequestParser(self, loop, LIMIT, max_msg_queue_size=QUEUE))
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = LIMIT) -> None:
+        super().__init__(loop, LenientRequestParser(self, loop, limit, max_msg_queue_size=QUEUE))
         self.queue: list[tuple[Any, Any]] = []
 
     def data_received(self, data: bytes) -> None:
@@ -46,8 +46,8 @@ class Connection(BaseProtocol):
         return handled
 
 
-async def converse(reads: list[bytes]) -> list[tuple[str, str, bytes]]:
-    connection = Connection(asyncio.get_running_loop())
+async def converse(reads: list[bytes], limit: int = LIMIT) -> list[tuple[str, str, bytes]]:
+    connection = Connection(asyncio.get_running_loop(), limit)
     for data in reads:
         connection.data_received(data)
     return await connection.requests()
@@ -131,8 +131,14 @@ _request = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(requests=st.lists(_request, min_size=1, max_size=6), cuts=st.lists(st.integers(min_value=1), max_size=8))
-async def test_any_conversation_cut_anywhere(requests: list[tuple[bytes, tuple[str, str, bytes]]], cuts: list[int]) -> None:
+@given(
+    requests=st.lists(_request, min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=1), max_size=8),
+    limit=st.sampled_from([LIMIT, 1, 8]),  # tiny read buffers: llhttp pauses inside nearly every body
+)
+async def test_any_conversation_cut_anywhere(
+    requests: list[tuple[bytes, tuple[str, str, bytes]]], cuts: list[int], limit: int
+) -> None:
     data = b"".join(sent for sent, _ in requests)
     offsets = sorted({c % len(data) for c in cuts} - {0})
-    assert await converse(cut(data, *offsets) if offsets else [data]) == [heard for _, heard in requests]
+    assert await converse(cut(data, *offsets) if offsets else [data], limit) == [heard for _, heard in requests]
