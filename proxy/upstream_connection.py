@@ -1,0 +1,342 @@
+"""One upstream HTTP/1.1 connection: the response parsed by llhttp (through httptools), its body
+handed on as it arrives, the upstream paused while the client is slower, the request body streamed
+beside it. proxy/upstream.py pools these connections and sends requests over them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+import httptools
+from multidict import CIMultiDict
+
+# Response bytes held for a slow client before the upstream is paused, and resumed (the kernel's
+# socket buffers hold more than this already; more here only adds to the proxy's memory).
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream broke the exchange (closed early, sent something that is not HTTP)."""
+
+
+class ConnectionClosed(UpstreamError):
+    """The upstream closed the connection."""
+
+
+class UpstreamResponse:
+    """Status and headers of an upstream answer; its body is read with `read_chunk` or `read`.
+
+    The body is buffered here, not in the connection: once the upstream has sent the whole message
+    the connection goes back to the pool while the client may still be reading.
+    """
+
+    __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered", "_complete",
+                 "_error", "_waiter", "_until_close")
+
+    def __init__(self, connection: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._connection: UpstreamConnection | None = connection
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        # No Content-Length and not chunked: the body ends when the connection does (RFC 9112 6.3).
+        # Chunked means chunked as the final coding, of all Transfer-Encoding lines joined (RFC
+        # 9110 5.3), as llhttp reads it: "gzip" then "chunked" lines are chunked, "chunked, gzip" not.
+        codings = headers.getall("Transfer-Encoding", None)
+        chunked = codings is not None and ",".join(codings).rsplit(",", 1)[-1].strip().lower() == "chunked"
+        self._until_close = not chunked and "Content-Length" not in headers
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived (it may still be waiting here to be read)."""
+        return self._complete
+
+    def at_eof(self) -> bool:
+        return self._complete and not self._chunks
+
+    async def read_chunk(self, idle_timeout: float | None = None) -> bytes:
+        """What has arrived since the last call (waiting for it if nothing has), b"" at the end.
+
+        Raises UpstreamError when the body broke off and TimeoutError when nothing arrived for
+        `idle_timeout` seconds. A cancelled call consumes nothing."""
+        if not self._chunks and not self._complete and self._error is None:
+            await self._wait(idle_timeout)
+        if self._chunks:
+            # One chunk at a time: joining them would copy every byte once more.
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
+            connection = self._connection
+            if connection is not None and connection.reading_paused and self._buffered <= LOW_WATER:
+                connection.resume_reading()
+            return data
+        if self._error is not None:
+            raise self._error
+        return b""
+
+    async def read(self, idle_timeout: float | None = None) -> bytes:
+        """The whole body."""
+        parts = []
+        while chunk := await self.read_chunk(idle_timeout):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _wait(self, idle_timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(idle_timeout, _expire, waiter) if idle_timeout else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def close(self) -> None:
+        """Stop reading: a connection whose response is not complete cannot be reused."""
+        if self._connection is not None and not self._complete:
+            self._connection.abandon()
+        self._connection = None
+
+    # Called by the connection.
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and self._connection is not None:
+            self._connection.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._connection = None
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._complete:
+            return
+        self._error = error
+        self._connection = None
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time (no pipelining)."""
+
+    def __init__(self, pool: list[UpstreamConnection]):
+        self.pool = pool  # the idle list of this connection's origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.reading_paused = False
+        self.answered = False  # any byte of an answer arrived in this exchange
+        self._parser: httptools.HttpResponseParser | None = None  # set while an exchange runs
+        self._llhttp: httptools.HttpResponseParser | None = None  # kept across exchanges
+        self._head_request = False
+        self._headers_waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._response: UpstreamResponse | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._interim = False
+        self._keep_alive = False
+        self._sending: asyncio.Task[None] | None = None
+        self._body_pending = False  # some of the request body is still to be written
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # The exchange.
+    def begin(self, method: str, waiter: asyncio.Future[UpstreamResponse]) -> None:
+        if self._llhttp is None:
+            self._llhttp = httptools.HttpResponseParser(self)  # ~10 us: reused while it can be
+        self._parser = self._llhttp
+        self._head_request = method == "HEAD"
+        self._headers_waiter = waiter
+        self._response = None
+        self._raw_headers = []
+        self._reason = b""
+        self._sending = None
+        self._body_pending = False
+        self.answered = False
+
+    def send_body_later(self, chunks: AsyncIterator[bytes]) -> None:
+        """Stream a large body while the answer is awaited: an upstream may answer (413, 403)
+        before reading it all, and that answer must reach the client."""
+        self._body_pending = True
+        self._sending = asyncio.ensure_future(self._send(chunks))
+        self._sending.add_done_callback(self._sent)
+
+    async def _send(self, chunks: AsyncIterator[bytes]) -> None:
+        async for chunk in chunks:
+            # Wait for room before a write, not after it: the last chunk is then written in the
+            # same step that ends the body, so an answer can never find it "still sending".
+            if self._write_paused:
+                await self._drain()
+            if self.closed or self.transport is None:
+                return
+            self.transport.write(chunk)
+        self._body_pending = False
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        # A failed or cancelled body leaves the connection unusable; the failure itself (a write
+        # into a connection the upstream closed after answering early) is expected, not an error.
+        if task.cancelled() or task.exception() is not None:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """End this exchange and the connection with it (a client left, a body broke off)."""
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+        if self.transport is not None and not self.closed:
+            if self._unsent():
+                # close() would first flush the buffered rest of a body, holding the connection
+                # open for as long as an upstream that stopped reading keeps it.
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self.closed = True
+
+    def _message_done(self) -> None:
+        self._parser = None
+        if self._response is not None:
+            self._response._finish()
+        if self._body_pending or self._unsent():
+            # Answered before the whole body went out: the rest cannot be sent, nor the
+            # connection reused with half a body in it.
+            self.abandon()
+        elif not self.closed:
+            self._release()
+
+    def _unsent(self) -> bool:
+        """Bytes still in the transport's buffer: the sender handed over the last chunk, but the
+        upstream, which answered early and stopped reading, never got it (RFC 9112 9.3)."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+
+    def _release(self) -> None:
+        if self.reading_paused:
+            self.resume_reading()
+        if self._keep_alive:
+            self.idle_since = time.monotonic()
+            self.pool.append(self)
+        else:
+            self.abandon()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            self.abandon()  # bytes outside any exchange: this connection is out of step
+            return
+        self.answered = True
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._break(UpstreamError(f"sent an invalid HTTP response ({exc})"))
+            self.abandon()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionClosed("closed the connection"))
+        if self._parser is not None:
+            if self._response is not None and self._response._until_close and exc is None:
+                self._message_done()
+            else:
+                self._break(ConnectionClosed("closed the connection before the response was complete"))
+
+    def _break(self, error: UpstreamError) -> None:
+        self._parser = None
+        if self._headers_waiter is not None and not self._headers_waiter.done():
+            self._headers_waiter.set_exception(error)
+        elif self._response is not None:
+            self._response._fail(error)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        self._drain_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx (100 Continue, 103 Early Hints): interim, the final answer follows (RFC 9110 15.2).
+            self._interim = True
+            self._raw_headers = []
+            self._reason = b""
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        # aiohttp's server decodes request headers the same way, so bytes round-trip unchanged.
+        headers = CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in self._raw_headers
+        )
+        self._response = UpstreamResponse(self, status, self._reason.decode("latin-1"), headers)
+        if self._headers_waiter is not None and not self._headers_waiter.done():
+            self._headers_waiter.set_result(self._response)
+        if self._head_request:
+            # llhttp cannot know a HEAD answer has no body (RFC 9110 9.3.2): end it here, and
+            # give the next exchange a parser that is not waiting for that body.
+            self._llhttp = None
+            self._message_done()
+
+    def on_body(self, body: bytes) -> None:
+        if self._response is not None and self._parser is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif self._parser is not None:
+            self._message_done()
