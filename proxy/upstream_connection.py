@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import httptools
 from multidict import CIMultiDict
 
-# Response bytes held for a slow client before the upstream is paused, and resumed (the kernel's
-# socket buffers hold more than this already; more here only adds to the proxy's memory).
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+# Response bytes held for a slow client before the upstream is paused (resumed once they are
+# handed on). 100 MiB downloads, 3 runs each: 256 KiB gave 0.83-1.07x direct speed, 512 KiB
+# 0.96-1.00x, 1 MiB no better; each step adds to the proxy's peak memory.
+HIGH_WATER = 512 * 1024
 
 
 class UpstreamError(Exception):
@@ -74,11 +74,13 @@ class UpstreamResponse:
         if not self._chunks and not self._complete and self._error is None:
             await self._wait(idle_timeout)
         if self._chunks:
-            # One chunk at a time: joining them would copy every byte once more.
-            data = self._chunks.popleft()
-            self._buffered -= len(data)
+            # Everything that arrived, in one piece: one write to the client instead of one per
+            # socket read (the copy costs less than the writes it saves).
+            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
             connection = self._connection
-            if connection is not None and connection.reading_paused and self._buffered <= LOW_WATER:
+            if connection is not None and connection.reading_paused:
                 connection.resume_reading()
             return data
         if self._error is not None:
