@@ -91,6 +91,8 @@ class Forwarder:
         self._client = client
         self._settings = settings
         self._plus_is_space = settings.query_plus == "space"
+        # Built inside the running loop (start_proxy); kept, as each get_running_loop() is a getpid().
+        self._loop = asyncio.get_running_loop()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         exchange = Exchange(request.method, _loggable(request))
@@ -112,7 +114,7 @@ class Forwarder:
         finally:
             # Logged and counted once the response is on its way: aiohttp writes a small one right
             # after this returns, and the access line no longer delays it (~30 us at 1 connection).
-            asyncio.get_running_loop().call_soon(self._observer.finished, exchange, response)
+            self._loop.call_soon(self._observer.finished, exchange, response)
         return response
 
     async def _forward(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:

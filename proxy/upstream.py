@@ -156,14 +156,14 @@ class UpstreamClient:
         body: bytes | AsyncIterator[bytes] | None,
         deadline: float,
     ) -> UpstreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = connection.loop
         waiter: asyncio.Future[UpstreamResponse] = loop.create_future()
         connection.begin(method, waiter)
         assert connection.transport is not None
         connection.transport.write(head)
         if body is not None and not isinstance(body, bytes):
             connection.send_body_later(body)
-        timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0), _expire_headers, waiter)
+        timer = loop.call_later(max(deadline - time.monotonic(), 0), _expire_headers, waiter)
         try:
             return await waiter
         except BaseException:

@@ -145,6 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
     """One upstream connection; carries one exchange at a time (no pipelining)."""
 
     def __init__(self, pool: list[UpstreamConnection]):
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every use (CPython 3.11).
+        self.loop = asyncio.get_running_loop()
         self.pool = pool  # the idle list of this connection's origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -286,7 +288,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     async def _drain(self) -> None:
-        self._drain_waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = self.loop.create_future()
         try:
             await self._drain_waiter
         finally:
