@@ -20,7 +20,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 from botocore.credentials import Credentials as BotoCredentials
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from botocore.httpsession import URLLib3Session
 from botocore.utils import ContainerMetadataFetcher
 
@@ -102,6 +102,7 @@ def watched_files() -> tuple[tuple[str, int, int], ...]:
 def resolve(route: Route) -> Resolved:
     """Blocking: a fresh botocore session finds credentials (re-reading every file and cache)."""
     session = botocore.session.Session(profile=route.profile)
+    _check_profile(route, session)
     if not session.get_config_variable("region"):
         # STS for a profile's role (or ours) needs a region; the route's is the one a user expects.
         session.set_config_variable("region", route.region)
@@ -179,6 +180,22 @@ def _quick_container_endpoint(session: botocore.session.Session) -> None:
     fetcher.TIMEOUT_SECONDS, fetcher.RETRY_ATTEMPTS, fetcher.SLEEP_TIME = timeout, attempts, 0.1  # type: ignore[misc]
     provider = session.get_component("credential_provider").get_provider("container-role")
     provider._fetcher = fetcher  # botocore has no public setter; the same provider serves credential_source
+
+
+def _check_profile(route: Route, session: botocore.session.Session) -> None:
+    """A profile named by --profile or AWS_PROFILE that no file defines: botocore raises
+    ProfileNotFound from every question to the session, so say it once, with the choices."""
+    try:
+        session.get_scoped_config()
+    except ProfileNotFound:
+        config_file = os.path.expanduser(session.get_config_variable("config_file"))
+        credentials_file = os.path.expanduser(session.get_config_variable("credentials_file"))
+        known = ", ".join(sorted(session.available_profiles)) or "none"
+        origin = "--profile" if route.profile else "AWS_PROFILE"
+        raise CredentialsUnavailable(
+            f"credentials for route {route.prefix}: profile {session.profile} ({origin}) not found in "
+            f"{config_file} or {credentials_file}; profiles there: {known}"
+        ) from None
 
 
 def _profile_label(session: botocore.session.Session) -> str:

@@ -74,3 +74,21 @@ def test_no_credentials_fails_fast_with_one_line(aws_env: AwsFiles) -> None:
     assert lines[0].startswith("sigv4-proxy: no credentials for route /; tried environment variables")
     assert "imds (disabled by AWS_EC2_METADATA_DISABLED)" in lines[0]
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("how", [["--profile", "deev"], []])
+def test_unknown_profile_fails_with_one_line_naming_it(aws_env: AwsFiles, how: list[str]) -> None:
+    """A mistyped --profile or AWS_PROFILE: botocore raises ProfileNotFound from its first
+    question to the session; the user gets one line naming the profile and where profiles live."""
+    import subprocess
+
+    aws_env.config.write_text("[profile dev]\nregion = us-east-1\n")
+    env = dict(os.environ)
+    if not how:
+        env["AWS_PROFILE"] = "deev"
+    done = subprocess.run([*PROXY, *how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "profile deev" in lines[0] and "not found" in lines[0] and str(aws_env.config) in lines[0]
+    assert "dev" in lines[0].split("not found", 1)[1]  # the profiles that do exist
