@@ -2,7 +2,8 @@
 
 The container image's HEALTHCHECK runs this: slim images have no curl, and the standard library
 is enough. Without a URL it asks the proxy this container runs, at the address SIGV4_PROXY_LISTEN
-names, under the reserved prefix that is never forwarded upstream.
+names, under the reserved prefix that is never forwarded upstream (SIGV4_PROXY_RESERVED_PREFIX);
+with SIGV4_PROXY_CLIENT_TOKEN set it presents the token, as the proxy then asks every caller to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from proxy.config import parse_listen
 
 HEALTH_PATH = "/__sigv4proxy/health"
+TOKEN_HEADER = "X-Proxy-Token"
 # A wildcard bind address accepts on loopback too; it is not an address to connect to.
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -27,7 +29,9 @@ def default_url(environ: Mapping[str, str] = os.environ) -> str:
     host = _WILDCARD_TO_LOOPBACK.get(host, host)
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal in a URL (RFC 3986 section 3.2.2)
-    return f"http://{host}:{port}{HEALTH_PATH}"
+    prefix = environ.get("SIGV4_PROXY_RESERVED_PREFIX", "").strip("/")
+    path = f"/{prefix}/health" if prefix else HEALTH_PATH  # the proxy's own normalization (config.py)
+    return f"http://{host}:{port}{path}"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -37,12 +41,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def probe(url: str, timeout: float) -> tuple[bool, str]:
+def probe(url: str, timeout: float, token: str | None = None) -> tuple[bool, str]:
     """(healthy, one line saying why)."""
     # No ProxyHandler settings: HTTP(S)_PROXY in a container is for egress, never for loopback.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    request = urllib.request.Request(url, headers={TOKEN_HEADER: token} if token else {})
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 1
-    healthy, line = probe(url, args.timeout)
+    healthy, line = probe(url, args.timeout, os.environ.get("SIGV4_PROXY_CLIENT_TOKEN") or None)
     print(line, file=sys.stdout if healthy else sys.stderr)
     return 0 if healthy else 1
 

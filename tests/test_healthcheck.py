@@ -100,3 +100,33 @@ async def test_module_command_uses_the_listen_address_like_the_image(health_serv
     assert process.returncode == 0, err.decode()
     assert hits == [HEALTH_PATH]
     assert out.decode().strip() == f"http://127.0.0.1:{server.url.port}{HEALTH_PATH}: HTTP 200"
+
+
+async def test_image_command_follows_a_custom_prefix_and_presents_the_client_token() -> None:
+    """A real proxy with its own prefix and a client token, and the image's HEALTHCHECK command with
+    the same environment: healthy, and the upstream (nothing listens there) never asked."""
+    from proxy_process import spawn
+    from proxy.signing import Credentials
+
+    token = "health-token-0123456789"
+    extra = {"SIGV4_PROXY_RESERVED_PREFIX": "/_p/", "SIGV4_PROXY_CLIENT_TOKEN": token}
+    env = isolated_env(Credentials("AKIDHEALTHCHECK", "health-secret", None), extra)
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9",
+                        "--sign-host", "a.execute-api.us-east-1.amazonaws.com", env=env)
+    try:
+        async def image_check(environment: dict[str, str]) -> tuple[int | None, str]:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy.healthcheck", cwd=REPO, env=environment,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await process.communicate()
+            return process.returncode, (out + err).decode().strip()
+
+        listen = {"SIGV4_PROXY_LISTEN": f"0.0.0.0:{proxy.port}"}
+        code, line = await image_check({**env, **listen})
+        assert (code, line) == (0, f"http://127.0.0.1:{proxy.port}/_p/health: HTTP 200")
+        without_token = {k: v for k, v in env.items() if k != "SIGV4_PROXY_CLIENT_TOKEN"}
+        code, line = await image_check({**without_token, **listen})
+        assert (code, line) == (1, f"http://127.0.0.1:{proxy.port}/_p/health: HTTP 401")
+    finally:
+        await proxy.stop()
