@@ -29,7 +29,10 @@ async def demo_origin(request: web.BaseRequest, body: bytes) -> web.StreamRespon
     """Echo what arrived, or a short server-sent event stream under .../events."""
     if not request.path.endswith("/events"):
         return web.json_response({"verified": True, "received": describe_request(request, body)})
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    if request.method == "HEAD":
+        return web.Response(headers=headers)  # the stream's headers, never its body (RFC 9110 9.3.2)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     for n in range(1, 6):
         await response.write(f"id: {n}\ndata: event {n} of 5\n\n".encode())

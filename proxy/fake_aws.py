@@ -250,6 +250,8 @@ class FakeCloudFront:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the viewer went away mid-stream (a client hung up): nothing left to send it
         finally:
             upstream.close()
         return response

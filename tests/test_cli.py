@@ -110,10 +110,17 @@ async def test_demo_answers_through_the_proxy() -> None:
                 answer = await resp.json()
         assert resp.status == 200 and answer["verified"] is True
         assert answer["received"]["params"][0] == ["limit", "10"]
+        events = url.split("/prod/", 1)[0] + "/prod/events"
+        async with aiohttp.ClientSession() as client:
+            async with client.head(events) as head:  # the stream's headers only, no body, no error
+                assert head.status == 200 and head.headers["Content-Type"] == "text/event-stream"
+            async with client.get(url) as resp:  # and the demo still answers afterwards
+                assert resp.status == 200
     finally:
         proc.terminate()
-        await proc.communicate()
+        _, err = await proc.communicate()
     assert proc.returncode == 0
+    assert "Traceback" not in err.decode(), err.decode()
 
 
 async def test_run_does_not_load_awscrt_but_demo_does() -> None:
