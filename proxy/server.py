@@ -30,6 +30,10 @@ log = logging.getLogger("sigv4_proxy")
 
 lenient_parser.install()  # raw UTF-8 request targets (../shared/cases P3) are encoded, not refused
 
+# A client connection with no request under way is closed after this many seconds: one that never
+# sends a request, stops inside its request head, or idles between requests (nginx's default
+# keep-alive timeout; aiohttp's own is an hour, so a local program could hold sockets forever).
+CLIENT_IDLE_TIMEOUT = 75.0
 READ_BUFSIZE = 64 * 1024  # request body bytes buffered per connection before it is paused
 # docker stop / Kubernetes send SIGTERM, Ctrl-C sends SIGINT: both start a graceful shutdown.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -121,6 +125,7 @@ async def start_proxy(
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
             access_log=None,
             read_bufsize=READ_BUFSIZE,
+            keepalive_timeout=CLIENT_IDLE_TIMEOUT,
         )
         host, port = parse_listen(settings.listen)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from conftest import SIGN_HOST, Stack, StackFactory
@@ -70,3 +71,32 @@ async def test_longest_prefix_wins_and_strip_prefix(make_stack: StackFactory, cl
     assert json.loads(escaped.body)["raw_path"] == "/prod/x"
     assert [s["raw_path"] for s in search.gateway.seen] == ["/_cat/indices", "/search/raw/x"]
     assert [s["raw_path"] for s in stack.gateway.seen] == ["/searchable", "/prod/x"]
+
+
+async def test_client_connections_without_a_request_under_way_are_closed(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that never sends a request, one stuck inside its request head, and one idle
+    after its answer are all closed by the proxy after CLIENT_IDLE_TIMEOUT (a local program must
+    not be able to hold the proxy's sockets forever)."""
+    import asyncio
+
+    import proxy.server
+
+    monkeypatch.setattr(proxy.server, "CLIENT_IDLE_TIMEOUT", 0.5)
+    stack = await make_stack()
+    port = stack.proxy.port
+    silent = await asyncio.open_connection("127.0.0.1", port)
+    partial = await asyncio.open_connection("127.0.0.1", port)
+    partial[1].write(b"GET /prod/items HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    idle = await asyncio.open_connection("127.0.0.1", port)
+    idle[1].write(get(b"/prod/items"))
+    answer = await asyncio.wait_for(idle[0].readuntil(b"\r\n\r\n"), 5)
+    assert answer.startswith(b"HTTP/1.1 200")
+    started = asyncio.get_running_loop().time()
+    for reader, _ in (silent, partial):
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # EOF: the proxy closed it
+    await asyncio.wait_for(idle[0].read(), 5)  # the rest of the answer, then EOF
+    assert asyncio.get_running_loop().time() - started < 3
+    for _, writer in (silent, partial, idle):
+        writer.close()
