@@ -7,6 +7,7 @@ with 413 (DESIGN.md fact 6). A spooled body can be sent again (a retry after a c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
@@ -79,10 +80,31 @@ def check_declared_length(request: web.BaseRequest, max_size: int) -> None:
 
 
 async def read_body(
-    request: web.BaseRequest, max_size: int, spill_threshold: int = MiB
+    request: web.BaseRequest, max_size: int, idle_timeout: float | None = None, spill_threshold: int = MiB
 ) -> Body:
+    """The whole body, hashed; 408 when the client sends nothing for `idle_timeout` seconds
+    (without it, a client that stops mid-body would hold its connection and spill file forever)."""
     if not request.body_exists:
         return EMPTY
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle_timeout) as deadline:
+            return await _read(request, max_size, spill_threshold, deadline, idle_timeout, loop)
+    except TimeoutError:
+        raise ProxyError(
+            408, "request body stalled", f"the client sent no body bytes for {idle_timeout:g}s (--idle-timeout)",
+            close=True,
+        ) from None
+
+
+async def _read(
+    request: web.BaseRequest,
+    max_size: int,
+    spill_threshold: int,
+    deadline: asyncio.Timeout,
+    idle_timeout: float | None,
+    loop: asyncio.AbstractEventLoop,
+) -> Body:
     check_declared_length(request, max_size)
     if request.headers.get("Expect", "").lower() == "100-continue":
         # Only now, with the size accepted, does the client start sending (RFC 9110 10.1.1).
@@ -95,9 +117,15 @@ async def read_body(
     if (request.content_length or 0) > spill_threshold:
         spill = tempfile.TemporaryFile(prefix="sigv4-proxy-body-")
     size = 0
+    moved = loop.time()
+    # Re-arming the deadline on every chunk costs a timer each; a few times per idle period is enough.
+    rearm = min(1.0, idle_timeout / 4) if idle_timeout is not None else 0.0
     try:
         # Chunks as they arrived: read(n) would slice and join them, one more copy of every byte.
         async for chunk, _ in request.content.iter_chunks():
+            if idle_timeout is not None and loop.time() - moved > rearm:
+                moved = loop.time()
+                deadline.reschedule(moved + idle_timeout)
             size += len(chunk)
             if size > max_size:
                 raise _too_large(max_size)

@@ -155,7 +155,7 @@ class Forwarder:
 
     async def read_request_body(self, request: web.BaseRequest) -> Body:
         try:
-            return await read_body(request, self._settings.max_body_size)
+            return await read_body(request, self._settings.max_body_size, self._settings.idle_timeout or None)
         except (aiohttp.web.HTTPException, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise ProxyError(400, "malformed request body", str(exc), close=True) from None
         except ConnectionResetError as exc:

@@ -130,3 +130,31 @@ async def test_b3_large_uploads_spill_to_disk_and_memory_stays_flat(stack: Stack
         assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB for 40 MiB of uploads"
     finally:
         await proxy.stop()
+
+
+async def test_request_body_that_stalls_is_a_408_and_one_that_trickles_is_forwarded(make_stack: StackFactory) -> None:
+    """--idle-timeout also bounds silence inside a request body: a client that stops mid-body gets
+    a JSON 408 saying the connection closes (aiohttp then lingers up to 10 s for the rest before
+    closing); one that keeps sending, however slowly, gets through."""
+    from rawhttp import parse_response, read_response
+
+    stack = await make_stack(settings={"idle_timeout": 0.5})
+    head = b"POST /prod/items HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    writer.write(head + b"x" * 10)
+    started = asyncio.get_running_loop().time()
+    stalled = parse_response(await asyncio.wait_for(read_response(reader), 5))
+    assert asyncio.get_running_loop().time() - started < 2
+    assert stalled.status == 408 and stalled.json()["error"] == "request body stalled"
+    assert stalled.headers["Connection"] == "close"
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    writer.write(head)
+    for _ in range(10):  # 1000 bytes over ~2 s, never silent for 0.5 s
+        writer.write(b"y" * 100)
+        await asyncio.sleep(0.2)
+    trickled = parse_response(await asyncio.wait_for(read_response(reader), 5))
+    assert trickled.status == 200, trickled.body
+    assert trickled.json()["body_sha256"] == hashlib.sha256(b"y" * 1000).hexdigest()
+    writer.close()
