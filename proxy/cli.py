@@ -44,7 +44,7 @@ def _options() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", dest="connect_timeout", type=float, metavar="SECONDS",
                    help="TCP/TLS connect to the upstream (default 10)")
     p.add_argument("--idle-timeout", dest="idle_timeout", type=float, metavar="SECONDS",
-                   help="longest silence inside a streamed response (default 300, 0 = none)")
+                   help="longest silence inside a streamed response or request body (default 300, 0 = none)")
     p.add_argument("--max-body-size", dest="max_body_size", type=int, metavar="BYTES", help="default 10485760")
     p.add_argument("--query-plus", dest="query_plus", choices=("space", "plus"),
                    help="what a raw '+' in a client query means (default space)")
