@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians of {plan.runs} round(s), wrk runs of {plan.seconds}s; peak RSS and SSE max are the worst round; "
           "ratios are proxy / other\n")
     print(report.table(results, report.rows(plan.big_mib, plan.post_mib, plan.post_connections)))
-    print("\nissue 7 targets:")
+    print("\nspeed targets:")
     print(report.targets_table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     verdicts = [{"target": t, "figure": f, "pass": ok} for t, f, ok in report.verdicts(results)]

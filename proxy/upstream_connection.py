@@ -255,7 +255,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.answered = True
         try:
             parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        except httptools.HttpParserUpgrade:
+            # Upgrade is hop-by-hop and never forwarded, so a 101 answers a question nobody asked.
+            self._break(UpstreamError("switched protocols (101) though the proxy never asks it to"))
+            self.abandon()
+        except httptools.HttpParserError as exc:
             self._break(UpstreamError(f"sent an invalid HTTP response ({exc})"))
             self.abandon()
 

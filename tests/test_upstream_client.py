@@ -284,20 +284,24 @@ async def test_no_headers_within_timeout(serve: Serve, upstream_client: Upstream
     assert upstream.connections == 2
 
 
-INVALID: list[tuple[str, bytes]] = [
-    ("garbage", b"xxxx not http\r\nsecond line\r\n\r\n"),
-    ("bad status line", b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n"),
-    ("101 never asked for", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
-    ("two lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
-    ("length and chunked", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
-    ("space in a header name", b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n"),
+INVALID: list[tuple[str, bytes, str]] = [
+    ("garbage", b"xxxx not http\r\nsecond line\r\n\r\n", "invalid HTTP response"),
+    ("bad status line", b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n", "invalid HTTP response"),
+    ("101 never asked for", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+     r"switched protocols \(101\)"),
+    ("two lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", "invalid HTTP response"),
+    ("length and chunked", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     "invalid HTTP response"),
+    ("space in a header name", b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", "invalid HTTP response"),
 ]
 
 
-@pytest.mark.parametrize("answer", [i[1] for i in INVALID], ids=[i[0] for i in INVALID])
-async def test_invalid_answer_is_an_upstream_error_and_closes(serve: Serve, upstream_client: UpstreamClient, answer: bytes) -> None:
+@pytest.mark.parametrize(("answer", "why"), [i[1:] for i in INVALID], ids=[i[0] for i in INVALID])
+async def test_invalid_answer_is_an_upstream_error_and_closes(
+    serve: Serve, upstream_client: UpstreamClient, answer: bytes, why: str
+) -> None:
     upstream = await serve(stalling(answer))
-    with pytest.raises(UpstreamError, match="invalid HTTP response"):
+    with pytest.raises(UpstreamError, match=why):
         await fetch(upstream_client, upstream)
     await upstream.wait_closed_by_client(1, timeout=1.0)
     assert (await fetch(upstream_client, upstream))[1] == b"ok"
