@@ -37,8 +37,9 @@ class Body:
         """What to hand the HTTP client; each call starts from the first byte, so a body can be
         sent again (a retry after a credential refresh)."""
         if self.file is not None:
-            # A descriptor of its own: aiohttp may still be sending when an upstream answers early
-            # and the request closes self.file (and its number could be reused by another file).
+            # A descriptor of its own: the upstream client's sender may still be sending when an
+            # upstream answers early and the request closes self.file (whose number could then be
+            # reused by another file).
             return self._spilled_chunks(os.fdopen(os.dup(self.file.fileno()), "rb", buffering=0))
         return self.data if self.size else None
 
