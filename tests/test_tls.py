@@ -86,3 +86,26 @@ async def test_ca_bundle_option_and_aws_ca_bundle_env(tls_upstream: tuple[str, P
 async def test_insecure_skips_verification_and_warns(tls_upstream: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     assert (await status_through(tls_upstream[0], insecure=True))[0] == 200
     assert "NOT verified" in caplog.text
+
+
+async def test_tls_handshake_that_never_completes_is_a_504_within_the_connect_timeout() -> None:
+    """An upstream that accepts TCP and then says nothing: the handshake counts against
+    --connect-timeout, and the client hears 504 naming that option instead of waiting --timeout."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # kept open, never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        started = asyncio.get_running_loop().time()
+        status, body = await status_through(
+            f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", connect_timeout=0.5, timeout=30
+        )
+        assert asyncio.get_running_loop().time() - started < 5
+        assert status == 504 and body["error"] == "upstream timeout" and "--connect-timeout" in body["detail"]
+        assert accepted, "the proxy never reached the upstream"
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
