@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import error_response
@@ -31,6 +32,11 @@ class _Handler(RequestHandler):
         if status == 500:
             log.error("internal error in the HTTP server (%s); see the proxy's log above", fault)
             return error_response(500, "internal error", "the proxy failed on this request; see its log", close=True)
+        if isinstance(exc, BadHttpMethod):  # a method llhttp does not know (RFC 9110 15.6.2)
+            log.warning("refused a request from %s: unknown method", request.remote)
+            return error_response(
+                501, "method not implemented", "the proxy forwards the standard HTTP and WebDAV methods only", close=True
+            )
         # The exception's text quotes the offending bytes: never log it, name the fault only.
         log.warning("refused a malformed request from %s: %s", request.remote, fault)
         return error_response(

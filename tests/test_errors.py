@@ -175,3 +175,12 @@ async def test_garbage_from_the_upstream_is_a_one_line_502(client: aiohttp.Clien
     finally:
         await proxy.close(0.1)
         upstream.close()
+
+
+@pytest.mark.parametrize("method", [b"FOO", b"BREW"])
+async def test_unknown_method_is_a_json_501(stack: Stack, method: bytes) -> None:
+    """A method llhttp does not know is not a malformed request: 501 (RFC 9110 15.6.2)."""
+    response = await raw_request(stack.proxy.port, method + b" /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout=5)
+    assert response.status == 501
+    assert_json_error(response.body, "method not implemented")
+    assert stack.gateway.seen == []
