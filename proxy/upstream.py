@@ -24,7 +24,8 @@ import aiohappyeyeballs
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.upstream_connection import ConnectionClosed, UpstreamConnection, UpstreamError, UpstreamResponse
+from proxy.upstream_connection import ConnectionClosed, UpstreamConnection, UpstreamError, UpstreamResponse, expire
+
 # RFC 9110 9.2.2: a request a client may send again when its connection failed before any answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # RFC 9110 8.6: a POST/PUT/PATCH without a body still says so, or some servers wait for one.
@@ -163,7 +164,7 @@ class UpstreamClient:
         connection.transport.write(head)
         if body is not None and not isinstance(body, bytes):
             connection.send_body_later(body)
-        timer = loop.call_later(max(deadline - time.monotonic(), 0), _expire_headers, waiter)
+        timer = loop.call_later(max(deadline - time.monotonic(), 0), expire, waiter)
         try:
             return await waiter
         except BaseException:
@@ -183,11 +184,6 @@ class UpstreamClient:
             for connection in pool:
                 connection.abandon()
             pool.clear()
-
-
-def _expire_headers(waiter: asyncio.Future[UpstreamResponse]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def request_head(method: str, target: str, host: str, headers: CIMultiDict[str], body_size: int) -> bytes:

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httptools
 from multidict import CIMultiDict
@@ -58,11 +59,6 @@ class UpstreamResponse:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
 
-    @property
-    def complete(self) -> bool:
-        """The whole body has arrived (it may still be waiting here to be read)."""
-        return self._complete
-
     def at_eof(self) -> bool:
         return self._complete and not self._chunks
 
@@ -97,7 +93,7 @@ class UpstreamResponse:
     async def _wait(self, idle_timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(idle_timeout, _expire, waiter) if idle_timeout else None
+        timer = loop.call_later(idle_timeout, expire, waiter) if idle_timeout else None
         try:
             await waiter
         finally:
@@ -136,7 +132,8 @@ class UpstreamResponse:
             self._waiter.set_result(None)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def expire(waiter: asyncio.Future[Any]) -> None:
+    """A timer's end: the wait it guards fails with TimeoutError (if it has not finished)."""
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
