@@ -44,16 +44,17 @@ class StartupError(RuntimeError):
 
 
 def upstream_tls(settings: Settings) -> ssl.SSLContext:
-    cafile = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
-    try:
-        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"cannot load CA bundle {cafile}: {exc}") from None
-    if settings.insecure:
+    if settings.insecure:  # nothing is verified, so no CA bundle is loaded (or can fail to load)
         log.warning("--insecure: upstream TLS certificates are NOT verified")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context
+        return context
+    cafile = settings.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
+    try:
+        return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load CA bundle {cafile}: {exc}") from None
 
 
 def upstream_client(settings: Settings) -> UpstreamClient:
