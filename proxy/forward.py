@@ -286,8 +286,7 @@ class Forwarder:
             # Headers are gone already: all that is left is to end the connection without a clean
             # end-of-body, so the client sees a truncated response instead of a complete one.
             exchange.upstream_error = "upstream body broke off"
-            reason = "no data within --idle-timeout" if isinstance(exc, TimeoutError) else exc
-            log.warning("upstream body of %s %s broke off: %s", request.method, exchange.path, reason)
+            log.warning("upstream body of %s %s broke off: %s", request.method, exchange.path, _why_body_broke(exc))
             if request.transport is not None:
                 request.transport.close()
         finally:
@@ -303,9 +302,12 @@ class Forwarder:
             body = head + await upstream.read(self._settings.idle_timeout or None)
         except (UpstreamError, TimeoutError) as exc:
             upstream.close()
-            reason = "no data within --idle-timeout" if isinstance(exc, TimeoutError) else _summary(exc)
-            raise ProxyError(502, "upstream failed", f"its response body broke off: {reason}") from None
+            raise ProxyError(502, "upstream failed", f"its response body broke off: {_why_body_broke(exc)}") from None
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+
+def _why_body_broke(exc: BaseException) -> str:
+    return "no data within --idle-timeout" if isinstance(exc, TimeoutError) else _summary(exc)
 
 
 def _summary(exc: BaseException) -> str:
