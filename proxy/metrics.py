@@ -71,7 +71,10 @@ class Histogram:
         self.values: dict[Labels, tuple[list[int], list[float]]] = {}
 
     def observe(self, labels: Labels, value: float) -> None:
-        counts, total = self.values.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
+        entry = self.values.get(labels)
+        if entry is None:  # not setdefault: that would build the empty lists on every call
+            entry = self.values[labels] = ([0] * (len(self.buckets) + 1), [0.0])
+        counts, total = entry
         counts[bisect.bisect_left(self.buckets, value)] += 1  # le is inclusive: value <= bound
         total[0] += value
 

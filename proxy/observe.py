@@ -17,6 +17,7 @@ from yarl import URL
 from proxy import diagnose, redact
 from proxy.config import Route
 from proxy.errors import ProxyError
+from proxy.logs import log_access
 from proxy.metrics import Counter, Gauge, Histogram, Metric, render
 from proxy.signing import SignedRequest
 from proxy.upstream import UpstreamResponse
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from proxy.forward import ActiveRoute
 
 log = logging.getLogger("sigv4_proxy")
-access_log = logging.getLogger("sigv4_proxy.access")
 signing_log = logging.getLogger("sigv4_proxy.signing")
 
 # API Gateway's 403 bodies are a few hundred bytes; the cap keeps a huge 403 streaming, not buffered.
@@ -117,16 +117,21 @@ class Observer:
         if response is not None and not exchange.streamed and isinstance(response, web.Response):
             exchange.bytes_out = response.content_length or 0
         self.metrics.record(exchange, status, total)
-        ttfb = f"{exchange.upstream_ttfb * 1000:.1f}ms" if exchange.upstream_ttfb is not None else "-"
-        fields = {
-            "method": exchange.method, "path": exchange.path, "status": status, "route": exchange.route,
-            "bytes_in": exchange.bytes_in, "bytes_out": exchange.bytes_out,
-            "upstream_ttfb_ms": round(exchange.upstream_ttfb * 1000, 1) if exchange.upstream_ttfb is not None else None,
-            "total_ms": round(total * 1000, 1),
-        }
-        access_log.info(
-            "%s %s %d in=%d out=%d ttfb=%s total=%.1fms", exchange.method, exchange.path, status,
-            exchange.bytes_in, exchange.bytes_out, ttfb, total * 1000, extra={"fields": fields},
+        ttfb = exchange.upstream_ttfb
+        shown = f"{ttfb * 1000:.1f}ms" if ttfb is not None else "-"
+
+        def fields() -> dict[str, object]:
+            return {
+                "method": exchange.method, "path": exchange.path, "status": status, "route": exchange.route,
+                "bytes_in": exchange.bytes_in, "bytes_out": exchange.bytes_out,
+                "upstream_ttfb_ms": round(ttfb * 1000, 1) if ttfb is not None else None,
+                "total_ms": round(total * 1000, 1),
+            }
+
+        log_access(
+            f"{exchange.method} {exchange.path} {status} in={exchange.bytes_in} out={exchange.bytes_out} "
+            f"ttfb={shown} total={total * 1000:.1f}ms",
+            fields,
         )
 
 

@@ -7,11 +7,13 @@ import asyncio
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from conftest import Stack, StackFactory
+from proxy import logs
 from proxy.logs import BatchedStreamHandler, JsonFormatter, flush_access_log_periodically
 from test_check import run_cli
 
@@ -120,3 +122,50 @@ async def test_access_lines_are_batched_but_never_held_back_long() -> None:
         assert written.getvalue().endswith("idle tail\n")  # an idle proxy's last line appears
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def configured_logging() -> Iterator[None]:
+    """configure_logging() as `run` does, undone afterwards (it changes process-wide state)."""
+    root, access = logging.getLogger(), logging.getLogger("sigv4_proxy.access")
+    saved = (root.handlers[:], root.level, access.handlers[:], access.propagate, logs._Direct.handler, logging._srcfile)
+    yield
+    root.handlers[:], access.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    access.propagate, logs._Direct.handler, logging._srcfile = saved[3], saved[4], saved[5]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_short_cut_writes_what_a_logged_record_would(
+    log_format: str, configured_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs.configure_logging("info", log_format)
+    access = logging.getLogger("sigv4_proxy.access")
+    (handler,) = access.handlers
+    assert isinstance(handler, BatchedStreamHandler)
+    handler.setStream(io.StringIO())
+    message = "GET /prod/items 200 in=0 out=17 ttfb=0.4ms total=0.9ms"
+    fields = {"method": "GET", "path": "/prod/items", "status": 200, "total_ms": 0.9}
+    record = access.makeRecord(access.name, logging.INFO, __file__, 1, "%s", (message,), None, extra={"fields": fields})
+    expected = handler.format(record)
+
+    def no_records(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("the short cut must not build a LogRecord")
+
+    monkeypatch.setattr(access, "makeRecord", no_records)
+    logs.log_access(message, lambda: fields)
+    (line,) = handler._lines
+    if log_format == "json":
+        got, want = json.loads(line), json.loads(expected)
+        assert got.pop("time")[:16] == want.pop("time")[:16]  # same minute, same ISO form
+        assert got == want
+    else:  # the same text after the time of day (YYYY-mm-dd HH:MM:SS,mmm)
+        assert line[23:] == expected[23:] == f" INFO sigv4_proxy.access: {message}"
+        assert line[:16] == expected[:16]
+
+    # Any other listener on the access logger (a test's, an embedding program's) gets real records.
+    monkeypatch.undo()
+    extra = Lines()
+    access.addHandler(extra)
+    logs.log_access(message, lambda: fields)
+    assert extra.text == [message] and extra.json[0]["total_ms"] == 0.9
