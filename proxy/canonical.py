@@ -147,29 +147,27 @@ def wire_query(raw_query: str, plus_is_space: bool = True) -> list[QueryParam]:
 
 def query_string(params: list[QueryParam]) -> str:
     """The wire query string of wire_query()'s parameters, order kept."""
-    return "&".join(name if value is None else f"{name}={value}" for name, value in params)
+    return "&".join([name if value is None else f"{name}={value}" for name, value in params])
 
 
 def canonical_query(params: list[QueryParam]) -> str:
     """SigV4 canonical query: "name=value" pairs sorted by name, then value (byte order)."""
-    pairs = sorted((name, value or "") for name, value in params)
-    return "&".join(f"{name}={value}" for name, value in pairs)
-
-
-def canonical_header_value(value: str) -> str:
-    """Trim a header value and fold each run of whitespace (incl. obs-fold) into one space."""
-    return " ".join(value.split())
+    if not params:
+        return ""
+    pairs = sorted([(name, value or "") for name, value in params])
+    return "&".join([f"{name}={value}" for name, value in pairs])
 
 
 def canonical_headers(headers: list[tuple[str, str]]) -> tuple[str, str]:
     """Canonical headers block and signed-headers list for (lowercase name, value) pairs.
 
-    Repeated headers are joined with "," in the order they appear (AWS vector
+    Each value is trimmed and each run of whitespace in it (obs-fold included) becomes one
+    space; repeated headers are joined with "," in the order they appear (AWS vector
     get-header-key-duplicate).
     """
-    merged: dict[str, list[str]] = {}
+    merged: dict[str, str] = {}
     for name, value in headers:
-        merged.setdefault(name, []).append(canonical_header_value(value))
+        value = " ".join(value.split())
+        merged[name] = f"{merged[name]},{value}" if name in merged else value
     names = sorted(merged)
-    block = "".join(f"{name}:{','.join(merged[name])}\n" for name in names)
-    return block, ";".join(names)
+    return "".join([f"{name}:{merged[name]}\n" for name in names]), ";".join(names)

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Protocol
 
 import aiohttp
@@ -27,7 +26,7 @@ from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing, read_refusal
 from proxy.rejection import token_rejection
-from proxy.signing import Credentials, SignedRequest, sign
+from proxy.signing import Credentials, SignedRequest, amz_date_now, sign
 from proxy.upstream import (
     ConnectFailed, ConnectTimeout, Origin, TLSFailed, UpstreamClient, UpstreamError, UpstreamResponse,
 )
@@ -211,7 +210,8 @@ class Forwarder:
     ) -> tuple[CIMultiDict[str], SignedRequest]:
         headers = upstream_request_headers(request.headers, route.signed_headers)
         to_sign = [("host", route.sign_host)]
-        to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
+        if route.signed_headers:
+            to_sign += [(n.lower(), v) for n, v in headers.items() if n.lower() in route.signed_headers]
         signed = sign(
             method=request.method,
             uri=canonical.canonical_uri(route.origin_path + target.path, double_encode=not route.is_s3),
@@ -221,7 +221,7 @@ class Forwarder:
             credentials=credentials,
             region=route.region,
             service=route.service,
-            now=datetime.now(timezone.utc),
+            timestamp=amz_date_now(),
             payload_header=route.service in PAYLOAD_HEADER_SERVICES,
         )
         headers.extend(signed.headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -44,8 +45,20 @@ class SignedRequest:
 def amz_date(now: datetime) -> str:
     if now.tzinfo is not timezone.utc:
         now = now.astimezone(timezone.utc)
-    # f-string over strftime: this runs for every request (~3x faster).
     return f"{now.year:04d}{now.month:02d}{now.day:02d}T{now.hour:02d}{now.minute:02d}{now.second:02d}Z"
+
+
+class _Clock:
+    second = -1
+    stamp = ""
+
+
+def amz_date_now() -> str:
+    """X-Amz-Date for this second, formatted once a second, not for every request."""
+    second = int(time.time())
+    if second != _Clock.second:
+        _Clock.second, _Clock.stamp = second, amz_date(datetime.fromtimestamp(second, timezone.utc))
+    return _Clock.stamp
 
 
 def canonical_request(
@@ -90,16 +103,16 @@ def sign(
     credentials: Credentials,
     region: str,
     service: str,
-    now: datetime,
+    timestamp: str,
     payload_header: bool = False,
 ) -> SignedRequest:
-    """Sign a request whose canonical URI and query are already computed.
+    """Sign a request whose canonical URI and query are already computed, at `timestamp`
+    (X-Amz-Date form: amz_date() or amz_date_now()).
 
     `headers` are the (lowercase name, value) pairs to sign besides those signing adds itself:
     x-amz-date, x-amz-security-token (temporary credentials) and, with payload_header,
     x-amz-content-sha256.
     """
-    timestamp = amz_date(now)
     added = {"x-amz-date": timestamp}
     if credentials.token:
         added["x-amz-security-token"] = credentials.token

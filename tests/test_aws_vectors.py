@@ -61,7 +61,7 @@ def test_header_signing_matches_aws(case: str) -> None:
         credentials=signing.Credentials(creds["access_key_id"], creds["secret_access_key"], token),
         region=context["region"],
         service=context["service"],
-        now=datetime.fromisoformat(context["timestamp"].replace("Z", "+00:00")),
+        timestamp=signing.amz_date(datetime.fromisoformat(context["timestamp"].replace("Z", "+00:00"))),
         payload_header=context["sign_body"],
     )
     assert signed.canonical_request == (folder / "header-canonical-request.txt").read_text()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 import pytest
 
-from proxy import canonical
+from proxy import canonical, signing
 
 # (client path, wire path, canonical URI for execute-api)
 PATHS = [
@@ -98,3 +101,11 @@ def test_plus_can_mean_a_literal_plus() -> None:
 )
 def test_canonical_headers(headers: list[tuple[str, str]], block: str, signed: str) -> None:
     assert canonical.canonical_headers(headers) == (block, signed)
+
+
+def test_amz_date_now_is_the_current_second() -> None:
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    stamp = signing.amz_date_now()
+    after = datetime.now(timezone.utc)
+    assert re.fullmatch(r"\d{8}T\d{6}Z", stamp)
+    assert before <= datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc) <= after

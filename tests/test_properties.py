@@ -79,7 +79,7 @@ def our_signature(method: str, raw_path: str, raw_query: str, body: bytes) -> tu
         credentials=CREDS,
         region="ap-northeast-1",
         service="execute-api",
-        now=WHEN,
+        timestamp=signing.amz_date(WHEN),
     )
     q = canonical.query_string(params)
     return signed.headers["authorization"].rpartition("Signature=")[2], wire + ("?" + q if q else "")
