@@ -137,9 +137,11 @@ class ChainCredentialSource:
         current = self._current
         if current is None:
             raise CredentialsUnavailable(f"credentials for route {self._route.prefix} were never resolved")
+        if current.expiry is None:  # long-term keys: nothing to check, and this runs per request
+            return current.credentials
         now = datetime.now(timezone.utc)
-        if current.expiry is None or now < self._wait_from(current):
-            if current.expiry is not None and now >= self._refresh_from(current):
+        if now < self._wait_from(current):
+            if now >= self._refresh_from(current):
                 self._refresh_in_background(force=False, why="they expire soon")  # in case the keeper lags
             return current.credentials
         if self._failure is not None and now < current.expiry:

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import canonical
-from proxy.body import Body, read_body
+from proxy.body import EMPTY, Body, read_body
 from proxy.config import Route, Settings
 from proxy.credentials import CredentialsUnavailable, CredentialSource
 from proxy.diagnose import DIAGNOSIS_HEADER
@@ -123,7 +123,8 @@ class Forwarder:
         route = active.route
         exchange.route = route.prefix
         target = self.rewrite_target(route, raw_path, path, raw_query)
-        body = await self.read_request_body(request)
+        # No body (most GETs): not even the coroutines of reading one.
+        body = await self.read_request_body(request) if request.body_exists else EMPTY
         exchange.bytes_in = body.size
         try:
             upstream, signed, head = await self.sign_and_send(active, request, target, body, exchange)

@@ -324,8 +324,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()
         # aiohttp's server decodes request headers the same way, so bytes round-trip unchanged.
         headers = CIMultiDict(
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in self._raw_headers
+            [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in self._raw_headers]
         )
         self._response = UpstreamResponse(self, status, self._reason.decode("latin-1"), headers)
         if self._headers_waiter is not None and not self._headers_waiter.done():
