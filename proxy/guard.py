@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -30,6 +31,9 @@ log = logging.getLogger("sigv4_proxy")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # RFC 9110 section 15.5.6: a 405 must list what the resource does allow.
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+# RFC 9112 3.2 / RFC 3986 3.2.2-3.2.3: Host is host[:port], the host an IP literal or a reg-name, the
+# port digits. Anything else ("127.0.0.1:80@evil.example") is refused, not read as its first name.
+HOST_VALUE = re.compile(r"\s*(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\s*")
 
 
 def split_authority(authority: str) -> tuple[str, int | None]:
@@ -83,7 +87,13 @@ class RequestGuard:
         # Only the name is checked, not the port: a container's port may be published as another.
         # No Host at all is an HTTP/1.0 client, never a browser (they always send one).
         value = request.headers.get("Host")
-        if value is None or split_authority(value)[0] in self.hosts:
+        if value is None:
+            return
+        if not HOST_VALUE.fullmatch(value):
+            raise ProxyError(
+                400, "malformed Host", f"Host {_shown(value)} is not host[:port] (RFC 9112 section 3.2)", close=True
+            )
+        if split_authority(value)[0] in self.hosts:
             return
         raise ProxyError(
             421,

@@ -50,6 +50,19 @@ async def test_host_not_naming_the_proxy_is_refused(make_stack: StackFactory, ho
 
 
 @pytest.mark.parametrize(
+    "host", ["127.0.0.1:{port}@evil.example", "127.0.0.1:{port}:80", "127.0.0.1:http", "local host", "[::1]x:{port}"]
+)
+async def test_host_that_is_not_host_and_port_is_a_400(make_stack: StackFactory, host: str) -> None:
+    # Read by its first name, "127.0.0.1:80@evil.example" passed the check above (RFC 9112 3.2).
+    stack = await make_stack()
+    resp = await exchange(stack.proxy.port, request_bytes("GET", "/prod/odd", [("Host", host.format(port=stack.proxy.port))]))
+    assert resp.status == 400
+    assert resp.json()["error"] == "malformed Host"
+    assert resp.closed
+    assert paths_seen(stack) == []
+
+
+@pytest.mark.parametrize(
     "host", ["127.0.0.1:{port}", "localhost:{port}", "LocalHost:{port}", "[::1]:{port}", "devbox.internal:9999", None]
 )
 async def test_names_of_the_proxy_pass(make_stack: StackFactory, host: str | None) -> None:
