@@ -48,11 +48,12 @@ class _Handler(RequestHandler):
 
 
 # Request bytes are read from a client's socket at most this many at a time. Both event loops read
-# up to 256 KiB per read for a plain asyncio.Protocol, and aiohttp buffers a read whole before it
-# pauses the socket (past 2 x read_bufsize), so each large upload in flight held ~0.5 MiB: ten
-# concurrent 5 MiB POSTs took the proxy's peak RSS from ~59 MiB idle to ~65.4 MiB; with 64 KiB
-# reads ~62.3 (32 KiB: ~61.4, but more CPU per upload; 128 KiB: ~64.0).
-READ_SIZE = 64 * 1024
+# up to 256 KiB per read for a plain asyncio.Protocol, and aiohttp holds a read whole before it
+# pauses the socket, so each large upload in flight held ~0.5 MiB: ten concurrent 5 MiB POSTs took
+# the proxy's peak RSS from ~59 MiB idle to ~65.3 MiB. With 128 KiB reads (and server.py's
+# READ_BUFSIZE) ~62.6 MiB. 64 KiB reads gave ~62.3 MiB but ~10% more CPU per POST (each read is a
+# wakeup, a hash update and a spill-file write); small GETs take one read either way.
+READ_SIZE = 128 * 1024
 
 
 class _BufferedReads(asyncio.BufferedProtocol):
