@@ -13,12 +13,18 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import error_response
 
 log = logging.getLogger("sigv4_proxy")
+
+# The request line may be longer than a header field, for long query strings (CloudFront itself
+# takes URLs up to 8,192 bytes). The two limits differ so that a LineTooLong says which one it hit.
+MAX_REQUEST_LINE = 16 * 1024
+MAX_HEADER_FIELD = 8190  # aiohttp's default: name and value of one field
+MAX_HEADERS = 128  # aiohttp's default
 
 
 class _Handler(RequestHandler):
@@ -40,11 +46,27 @@ class _Handler(RequestHandler):
             return error_response(
                 501, "method not implemented", "the proxy forwards the standard HTTP and WebDAV methods only", close=True
             )
+        too_large = _too_large(exc)
+        if too_large is not None:  # RFC 9110 15.5.15, RFC 6585 5: a size, not a syntax error
+            status, error, detail = too_large
+            log.warning("refused a request from %s: %s (%s)", request.remote, error, detail)
+            return error_response(status, error, detail, close=True)
         # The exception's text quotes the offending bytes: never log it, name the fault only.
         log.warning("refused a malformed request from %s: %s", request.remote, fault)
         return error_response(
             status, "malformed request", f"the HTTP request could not be parsed ({fault})", close=True
         )
+
+
+def _too_large(exc: BaseException | None) -> tuple[int, str, str] | None:
+    """Status, error and detail for a request head over one of the parser's limits."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1] == MAX_REQUEST_LINE:
+            return 414, "URI too long", f"the request line is over {MAX_REQUEST_LINE} bytes"
+        return 431, "request header too large", f"a header field is over {MAX_HEADER_FIELD} bytes"
+    if isinstance(exc, BadHttpMessage) and exc.message == "Too many headers received":
+        return 431, "request header too large", f"more than {MAX_HEADERS} header fields"
+    return None
 
 
 # Request bytes are read from a client's socket at most this many at a time. Both event loops read

@@ -20,7 +20,7 @@ from proxy.errors import error_response
 from proxy.forward import ActiveRoute, Addon, Forwarder
 from proxy.guard import check_exposure, safety_addons
 from proxy import lenient_parser
-from proxy.http_server import ProxyServer
+from proxy.http_server import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE, ProxyServer
 from proxy.logs import flush_access_log, flush_access_log_periodically
 from proxy.observe import ProxyMetrics
 from proxy.status import StatusEndpoints
@@ -129,6 +129,9 @@ async def start_proxy(
             handler_cancellation=True,  # a client that hangs up cancels its upstream request
             access_log=None,
             read_bufsize=READ_BUFSIZE,
+            max_line_size=MAX_REQUEST_LINE,
+            max_field_size=MAX_HEADER_FIELD,
+            max_headers=MAX_HEADERS,
             keepalive_timeout=CLIENT_IDLE_TIMEOUT,
         )
         host, port = parse_listen(settings.listen)

@@ -149,3 +149,14 @@ async def test_head_then_get_on_one_connection_through_the_stack(stack: Stack) -
             assert await asyncio.wait_for(reader.readexactly(len(body)), 5) == body
     finally:
         writer.close()
+
+
+async def test_a_request_line_over_aiohttps_default_limit_reaches_the_upstream(serve: Serve) -> None:
+    """Long query strings (search APIs, many ids) pass: the proxy's request-line limit is 16 KiB,
+    not aiohttp's 8190 bytes, which a header field keeps (tests/test_errors.py has both refusals)."""
+    upstream = await serve(answering(OK))
+    query = "ids=" + ",".join(str(n) for n in range(2500))  # ~12 KB
+    async with proxy_to(upstream) as running:
+        response = await raw_request(running.port, get(f"/items?{query}".encode()))
+    assert response.status == 200
+    assert upstream.requests[0].head.startswith(f"GET /items?{query.replace(',', '%2C')} HTTP/1.1".encode())
