@@ -17,7 +17,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import aiohappyeyeballs
@@ -79,7 +79,7 @@ class UpstreamClient:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | AsyncIterator[bytes] | None,
+        body: bytes | AsyncGenerator[bytes, None] | None,
         body_size: int,
         timeout: float,
     ) -> UpstreamResponse:
@@ -154,7 +154,7 @@ class UpstreamClient:
         connection: UpstreamConnection,
         method: str,
         head: bytes,
-        body: bytes | AsyncIterator[bytes] | None,
+        body: bytes | AsyncGenerator[bytes, None] | None,
         deadline: float,
     ) -> UpstreamResponse:
         loop = connection.loop

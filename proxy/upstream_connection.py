@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httptools
@@ -178,22 +179,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_pending = False
         self.answered = False
 
-    def send_body_later(self, chunks: AsyncIterator[bytes]) -> None:
+    def send_body_later(self, chunks: AsyncGenerator[bytes, None]) -> None:
         """Stream a large body while the answer is awaited: an upstream may answer (413, 403)
         before reading it all, and that answer must reach the client."""
         self._body_pending = True
         self._sending = asyncio.ensure_future(self._send(chunks))
         self._sending.add_done_callback(self._sent)
 
-    async def _send(self, chunks: AsyncIterator[bytes]) -> None:
-        async for chunk in chunks:
-            # Wait for room before a write, not after it: the last chunk is then written in the
-            # same step that ends the body, so an answer can never find it "still sending".
-            if self._write_paused:
-                await self._drain()
-            if self.closed or self.transport is None:
-                return
-            self.transport.write(chunk)
+    async def _send(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        # Closed here, even when cancelled or stopped early, not whenever it is collected: the
+        # body's source (a spill file) is reused once nothing reads it.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                # Wait for room before a write, not after it: the last chunk is then written in the
+                # same step that ends the body, so an answer can never find it "still sending".
+                if self._write_paused:
+                    await self._drain()
+                if self.closed or self.transport is None:
+                    return
+                self.transport.write(chunk)
         self._body_pending = False
 
     def _sent(self, task: asyncio.Task[None]) -> None:
