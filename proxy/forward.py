@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,13 +47,19 @@ PAYLOAD_HEADER_SERVICES = frozenset({"s3", "aoss"})
 class Addon(Protocol):
     """An optional behaviour plugged into the request's life (guards, CORS, status endpoints).
 
-    `on_request` runs before routing and may answer the request itself (it is then neither signed
-    nor forwarded); `on_response` may adjust the headers of every response, errors included.
+    It defines the hooks it needs, as mitmproxy's addons do, and leaves out the others:
+
+    - `async def on_request(request) -> web.StreamResponse | None` runs before routing and may
+      answer the request itself (it is then neither signed nor forwarded);
+    - `def on_response(request, headers: CIMultiDict[str]) -> None` may adjust the headers of every
+      response, errors included.
+
+    A hook left out costs nothing per request (a call that does nothing cost ~0.3 us each).
     """
 
-    async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None: ...
 
-    def on_response(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None: ...
+RequestHook = Callable[[web.BaseRequest], Awaitable[web.StreamResponse | None]]
+ResponseHook = Callable[[web.BaseRequest, CIMultiDict[str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +90,12 @@ class Forwarder:
         addons: Sequence[Addon] = (),
         metrics: ProxyMetrics | None = None,
     ):
-        self._addons = tuple(addons)
+        self._request_hooks: tuple[RequestHook, ...] = tuple(
+            hook for addon in addons if (hook := getattr(addon, "on_request", None)) is not None
+        )
+        self._response_hooks: tuple[ResponseHook, ...] = tuple(
+            hook for addon in addons if (hook := getattr(addon, "on_response", None)) is not None
+        )
         self._observer = Observer(metrics or ProxyMetrics())
         self._routes = sorted(routes, key=lambda r: len(r.route.prefix), reverse=True)
         self._client = client
@@ -97,8 +108,8 @@ class Forwarder:
         exchange = Exchange(request.method, _loggable(request))
         response: web.StreamResponse | None = None
         try:
-            for addon in self._addons:
-                response = await addon.on_request(request)
+            for on_request in self._request_hooks:
+                response = await on_request(request)
                 if response is not None:
                     return response
             response = await self._forward(request, exchange)
@@ -257,8 +268,8 @@ class Forwarder:
             raise ProxyError(502, "upstream failed", f"{origin}: {_summary(exc)}") from None
 
     def apply_response_addons(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:
-        for addon in self._addons:
-            addon.on_response(request, headers)
+        for on_response in self._response_hooks:
+            on_response(request, headers)
 
     async def stream_response(
         self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange, head: bytes = b""

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy import canonical
 from proxy.credentials import CredentialsUnavailable
@@ -42,9 +41,6 @@ class StatusEndpoints:
             body = self._metrics.exposition(self._routes).encode()
             return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TEXT, "Cache-Control": "no-store"})
         return await self.health()
-
-    def on_response(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> None:
-        return None
 
     async def health(self) -> web.Response:
         """200 when every route can sign; 503 naming the route and the reason when one cannot."""

@@ -77,6 +77,19 @@ async def test_names_of_the_proxy_pass(make_stack: StackFactory, host: str | Non
     assert paths_seen(stack) == ["/prod/named"]
 
 
+async def test_an_accepted_host_lets_no_other_value_through_after_it(make_stack: StackFactory) -> None:
+    # Accepted Host values are remembered; each other value is still checked in full.
+    stack = await make_stack()
+    port = stack.proxy.port
+    verdicts = []
+    for host in ["127.0.0.1:{port}", "127.0.0.1:{port}", "evil.example:{port}", "127.0.0.1:{port}@evil.example",
+                 "127.0.0.1:{port}"]:
+        raw = request_bytes("GET", "/prod/again", [("Host", host.format(port=port)), ("Connection", "close")])
+        verdicts.append((await exchange(port, raw)).status)
+    assert verdicts == [200, 200, 421, 400, 200]
+    assert paths_seen(stack) == ["/prod/again"] * 3
+
+
 # --- never an open proxy -----------------------------------------------------------------------
 
 
