@@ -69,7 +69,7 @@ class ActiveRoute:
     origin: Origin
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
     """The request target as it goes upstream: exactly what is signed."""
 

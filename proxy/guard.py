@@ -79,7 +79,8 @@ class RequestGuard:
                 "TRACE would echo the signed request, credentials included",
                 headers={"Allow": ALLOWED_METHODS},
             )
-        split_target(request.raw_path)  # absolute-form (`GET http://other/ HTTP/1.1`) or `*`: 400
+        if not request.raw_path.startswith("/"):
+            split_target(request.raw_path)  # absolute-form (`GET http://other/ HTTP/1.1`) or `*`: 400
         self.check_host(request)
         self.check_origin(request)
         return None

@@ -39,11 +39,23 @@ CLIENT_ONLY = frozenset(
 SIGNER_OWNED = frozenset({"x-amz-date", "x-amz-security-token", "x-amz-content-sha256"})
 
 
+_NEVER_FORWARDED = HOP_BY_HOP | CLIENT_ONLY
+
+
 def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    values = headers.getall("Connection", ())
+    if len(values) == 1 and "," not in values[0]:  # one token, "keep-alive" or "close" nearly always
+        token = values[0].strip().lower()
+        return {token} if token else set()
     tokens: set[str] = set()
-    for value in headers.getall("Connection", ()):
+    for value in values:
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
+
+
+def _with_connection_tokens(names: frozenset[str], headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """`names` and what the message's Connection header names (none is the usual case: no union)."""
+    return names | connection_tokens(headers) if "Connection" in headers else names
 
 
 def upstream_request_headers(
@@ -51,8 +63,8 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """Client headers to forward unsigned: no hop-by-hop, no Proxy-* (they address this proxy),
     no auth, no X-Amz-* the user did not list."""
-    dropped = HOP_BY_HOP | CLIENT_ONLY | connection_tokens(headers)
-    keep = frozenset(keep_amz) - SIGNER_OWNED
+    dropped = _with_connection_tokens(_NEVER_FORWARDED, headers)
+    keep = frozenset(keep_amz) - SIGNER_OWNED if keep_amz else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -65,6 +77,6 @@ def upstream_request_headers(
 def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Upstream response headers to pass back: all but hop-by-hop (several Set-Cookie kept)."""
     out = CIMultiDict(headers)  # copied in C, then a few lookups: cheaper than filtering each name
-    for name in HOP_BY_HOP | connection_tokens(headers):
+    for name in _with_connection_tokens(HOP_BY_HOP, headers):
         out.popall(name, None)
     return out
