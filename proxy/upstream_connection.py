@@ -139,7 +139,16 @@ def expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class UpstreamConnection(asyncio.Protocol):
+# Upstream bytes are read into one buffer that every connection shares. As a plain Protocol each
+# read became a new bytes object, copied again by llhttp for the body: three copies of every
+# downloaded byte with the join in read_chunk, now two. Sharing is safe: the event loop calls
+# get_buffer(), reads and calls buffer_updated() in one step, and llhttp's callbacks copy out what
+# they keep before anything else runs (as http_server.py's client reads do).
+READ_SIZE = 256 * 1024
+_READ_BUFFER = memoryview(bytearray(READ_SIZE))
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One upstream connection; carries one exchange at a time (no pipelining)."""
 
     def __init__(self, pool: list[UpstreamConnection]):
@@ -244,11 +253,17 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.abandon()
 
-    # asyncio.Protocol
+    # asyncio.BufferedProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_BUFFER[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         parser = self._parser
         if parser is None:
             self.abandon()  # bytes outside any exchange: this connection is out of step
