@@ -26,6 +26,7 @@ from yarl import URL
 
 from proxy import canonical, signing
 from proxy.headers import HOP_BY_HOP
+from proxy.http_server import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE, ProxyServer
 
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
@@ -291,7 +292,13 @@ class Listening:
 
 
 async def listen(handle: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], port: int = 0) -> Listening:
-    handler = web.Server(handle, access_log=None, handler_cancellation=True)
+    # Whatever the proxy accepts, with the headers it and the CloudFront stand-in add, gets through:
+    # a stand-in that refused it (aiohttp's 8190-byte request line, 128 headers) would answer in
+    # plain text with a traceback, not as the AWS it stands for.
+    handler = ProxyServer(
+        handle, access_log=None, handler_cancellation=True, max_line_size=4 * MAX_REQUEST_LINE,
+        max_field_size=4 * MAX_HEADER_FIELD, max_headers=2 * MAX_HEADERS,
+    )
     server = await asyncio.get_running_loop().create_server(handler, "127.0.0.1", port)
     bound = server.sockets[0].getsockname()[1]
     return Listening(server, handler, URL(f"http://127.0.0.1:{bound}"))

@@ -127,6 +127,11 @@ class Forwarder:
             self._loop.call_soon(self._observer.finished, exchange, response)
         return response
 
+    def count_refusal(self, response: web.StreamResponse) -> None:
+        """A request the HTTP parser refused (http_server.py) is logged and counted like the rest;
+        its method and path are unknown (they may be what could not be parsed)."""
+        self._loop.call_soon(self._observer.finished, Exchange("-", "-"), response)
+
     async def _forward(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         raw_path, raw_query = split_target(request.raw_path)
         path = canonical.wire_path(raw_path)
@@ -261,7 +266,7 @@ class Forwarder:
         except ConnectTimeout as exc:
             raise ProxyError(504, "upstream timeout", f"cannot connect to {origin}: {exc} (--connect-timeout)") from None
         except TLSFailed as exc:
-            raise ProxyError(502, "upstream TLS error", f"{origin}: {exc} (see --ca-bundle)") from None
+            raise ProxyError(502, "upstream TLS error", f"{origin}: {exc}") from None
         except ConnectFailed as exc:
             raise ProxyError(502, "upstream unreachable", f"cannot connect to {origin}: {exc}") from None
         except UpstreamError as exc:
@@ -331,6 +336,10 @@ def _summary(exc: BaseException) -> str:
 
 def split_target(raw_target: str) -> tuple[str, str]:
     """Path and query of an origin-form target; anything else never picks our upstream."""
+    if raw_target == "*":  # asterisk-form: OPTIONS about the server itself (RFC 9112 3.2.4)
+        raise ProxyError(
+            400, "asterisk-form target refused", "OPTIONS * asks about this proxy, not an API: send OPTIONS /path", close=True
+        )
     if not raw_target.startswith("/"):
         raise ProxyError(
             400,

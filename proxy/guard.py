@@ -18,7 +18,7 @@ import hmac
 import logging
 import re
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
 
 from proxy.config import ConfigError, Settings, is_loopback, parse_listen
 from proxy.cors import Cors
@@ -62,6 +62,10 @@ class RequestGuard:
         self._accepted_hosts: set[str] = set()
 
     async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        if request.version < HttpVersion10:
+            # HTTP/0.9 (a request line without a version) has no headers: nothing to check a Host
+            # or an Origin in, and no way to say what is signed. Never served (RFC 9112 2.3).
+            raise ProxyError(505, "HTTP version not supported", "send HTTP/1.1 (or HTTP/1.0) requests", close=True)
         if request.method == "CONNECT":
             raise ProxyError(
                 405,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import error_response
@@ -23,8 +25,15 @@ log = logging.getLogger("sigv4_proxy")
 # The request line may be longer than a header field, for long query strings (CloudFront itself
 # takes URLs up to 8,192 bytes). The two limits differ so that a LineTooLong says which one it hit.
 MAX_REQUEST_LINE = 16 * 1024
-MAX_HEADER_FIELD = 8190  # aiohttp's default: name and value of one field
+MAX_HEADER_FIELD = 8190  # aiohttp's default, for a header's name and its value each
 MAX_HEADERS = 128  # aiohttp's default
+
+
+# What a parser error says before the bytes it quotes: llhttp's and aiohttp's own fixed wording
+# ("Duplicate Content-Length", "Missing 'Host' header in request."), never the client's bytes.
+_FIXED_REASON = re.compile(r"[A-Za-z][A-Za-z0-9 '.,()-]{0,120}")
+# A request line llhttp refused for its method alone: token SP target SP HTTP-version.
+_REQUEST_LINE_QUOTED = re.compile(r"b'[!#$%&*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d")
 
 
 class _Handler(RequestHandler):
@@ -35,27 +44,57 @@ class _Handler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        fault = type(exc).__name__ if exc is not None else "error"
         if request.writer.output_size > 0:
             raise ConnectionError("response already started: cannot send an error response")
+        response = self._refusal(request, status, exc)
+        on_refusal = self._manager.on_refusal  # type: ignore[union-attr]
+        if on_refusal is not None:
+            on_refusal(response)
+        return response
+
+    def _refusal(self, request: web.BaseRequest, status: int, exc: BaseException | None) -> web.Response:
+        fault = type(exc).__name__ if exc is not None else "error"
         if status == 500:
             log.error("internal error in the HTTP server (%s); see the proxy's log above", fault)
             return error_response(500, "internal error", "the proxy failed on this request; see its log", close=True)
-        if isinstance(exc, BadHttpMethod):  # a method llhttp does not know (RFC 9110 15.6.2)
-            log.warning("refused a request from %s: unknown method", request.remote)
-            return error_response(
-                501, "method not implemented", "the proxy forwards the standard HTTP and WebDAV methods only", close=True
-            )
-        too_large = _too_large(exc)
-        if too_large is not None:  # RFC 9110 15.5.15, RFC 6585 5: a size, not a syntax error
-            status, error, detail = too_large
+        refused = _refused_head(exc)
+        if refused is not None:
+            status, error, detail = refused
             log.warning("refused a request from %s: %s (%s)", request.remote, error, detail)
             return error_response(status, error, detail, close=True)
-        # The exception's text quotes the offending bytes: never log it, name the fault only.
-        log.warning("refused a malformed request from %s: %s", request.remote, fault)
-        return error_response(
-            status, "malformed request", f"the HTTP request could not be parsed ({fault})", close=True
-        )
+        # The exception's text quotes the offending bytes: never log them, only the parser's reason.
+        reason = _parser_reason(exc) or fault
+        log.warning("refused a malformed request from %s: %s", request.remote, reason)
+        return error_response(status, "malformed request", f"the HTTP request could not be parsed: {reason}", close=True)
+
+
+def _parser_reason(exc: BaseException | None) -> str | None:
+    """The parser's own reason, the lines before the quoted bytes ("Bad status line: Invalid HTTP
+    version"), or None when it does not look like fixed wording."""
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str):
+        return None
+    lines = []
+    for line in message.split("\n"):
+        if not line.strip():
+            break  # a blank line, then the quoted bytes
+        lines.append(line.strip().rstrip(":"))
+    reason = ": ".join(lines)
+    return reason if _FIXED_REASON.fullmatch(reason) else None
+
+
+def _refused_head(exc: BaseException | None) -> tuple[int, str, str] | None:
+    """Status, error and detail for a request head refused for something other than its syntax."""
+    message = getattr(exc, "message", "")
+    if isinstance(exc, BadHttpMethod):
+        if message == "Received HTTPS traffic on an HTTP port":
+            return 400, "TLS on a plain-HTTP port", "the proxy speaks plain HTTP: use http://, not https://"
+        if _REQUEST_LINE_QUOTED.search(str(message)):  # a method llhttp does not know (RFC 9110 15.6.2)
+            return 501, "method not implemented", "the proxy forwards the standard HTTP and WebDAV methods only"
+        return 400, "malformed request", "the request line is not an HTTP/1.x request line"
+    if isinstance(exc, BadStatusLine) and "Invalid HTTP version" in str(message):
+        return 505, "HTTP version not supported", "the proxy speaks HTTP/1.1 and HTTP/1.0"  # RFC 9110 15.6.6
+    return _too_large(exc)  # RFC 9110 15.5.15, RFC 6585 5: a size, not a syntax error
 
 
 def _too_large(exc: BaseException | None) -> tuple[int, str, str] | None:
@@ -63,7 +102,7 @@ def _too_large(exc: BaseException | None) -> tuple[int, str, str] | None:
     if isinstance(exc, LineTooLong):
         if exc.args[1] == MAX_REQUEST_LINE:
             return 414, "URI too long", f"the request line is over {MAX_REQUEST_LINE} bytes"
-        return 431, "request header too large", f"a header field is over {MAX_HEADER_FIELD} bytes"
+        return 431, "request header too large", f"a header name or value is over {MAX_HEADER_FIELD} bytes"
     if isinstance(exc, BadHttpMessage) and exc.message == "Too many headers received":
         return 431, "request header too large", f"more than {MAX_HEADERS} header fields"
     return None
@@ -118,10 +157,14 @@ class _BufferedReads(asyncio.BufferedProtocol):
 
 class ProxyServer(web.Server):
     """web.Server whose connections answer parser failures with the proxy's JSON errors, and read
-    READ_SIZE bytes at most at a time."""
+    READ_SIZE bytes at most at a time. `on_refusal` sees each such answer (the access log and the
+    metrics count requests the parser refused, too)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_refusal: Callable[[web.StreamResponse], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.on_refusal = on_refusal
         self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     def __call__(self) -> _BufferedReads:  # type: ignore[override]

@@ -133,6 +133,7 @@ async def start_proxy(
             max_field_size=MAX_HEADER_FIELD,
             max_headers=MAX_HEADERS,
             keepalive_timeout=CLIENT_IDLE_TIMEOUT,
+            on_refusal=forwarder.count_refusal,
         )
         host, port = parse_listen(settings.listen)
         try:

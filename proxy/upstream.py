@@ -40,7 +40,16 @@ class ConnectFailed(UpstreamError):
 
 
 class TLSFailed(ConnectFailed):
-    """The TLS handshake failed (usually an untrusted or mismatched certificate)."""
+    """The TLS handshake failed: `exc` says why, with what to check."""
+
+    @classmethod
+    def from_ssl_error(cls, exc: ssl.SSLError) -> TLSFailed:
+        if exc.reason == "WRONG_VERSION_NUMBER":  # the answer to our ClientHello was not TLS
+            return cls("the upstream did not answer in TLS: is it plain HTTP on that port (http://)?")
+        reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return cls(f"{reason} (see --ca-bundle)")
+        return cls(reason)
 
 
 class ConnectTimeout(ConnectFailed):
@@ -126,7 +135,7 @@ class UpstreamClient:
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {limit:g}s") from None
         except ssl.SSLError as exc:
-            raise TLSFailed(getattr(exc, "verify_message", None) or exc.reason or str(exc)) from None
+            raise TLSFailed.from_ssl_error(exc) from None
         except OSError as exc:
             raise ConnectFailed(exc.strerror or str(exc)) from None
 

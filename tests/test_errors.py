@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -136,23 +137,64 @@ async def test_upstream_403_passes_through_unchanged(stack: Stack, client: aioht
 
 
 @pytest.mark.parametrize(
-    ("request_bytes", "leak"),
+    ("request_bytes", "leak", "reason"),
     [
-        (b"GET /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer TOPSECRET\x01TOKEN\r\n\r\n", b"TOPSECRET"),
-        (b"GET /prod/x?api_key=RAWLEAK HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", b"RAWLEAK"),
-        (b"GET /prod/x HTTP/1.1\r\n\r\n", None),  # no Host
+        (b"GET /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer TOPSECRET\x01TOKEN\r\n\r\n", b"TOPSECRET",
+         "Invalid header value char"),
+        (b"GET /prod/x HTTP/1.1\r\n\r\n", None, "Missing 'Host' header in request."),
+        (b"POST /prod/x?t=RAWLEAK HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+         b"RAWLEAK", "Duplicate Content-Length"),
+        (b"POST /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", None,
+         "Content-Length can't be present with Transfer-Encoding"),
     ],
 )
-async def test_unparseable_requests_get_json_400_and_leak_nothing(
-    stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes, leak: bytes | None
+async def test_unparseable_requests_get_json_400_with_the_parsers_reason_and_leak_nothing(
+    stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes, leak: bytes | None, reason: str
 ) -> None:
     response = await raw_request(stack.proxy.port, request_bytes, timeout=5)
     assert response.status == 400
-    assert_json_error(response.body, "malformed request")
-    assert "refused a malformed request" in caplog.text and "Traceback" not in caplog.text
+    detail = assert_json_error(response.body, "malformed request")["detail"]
+    assert detail == f"the HTTP request could not be parsed: {reason}"
+    assert f"refused a malformed request from 127.0.0.1: {reason}" in caplog.text and "Traceback" not in caplog.text
     if leak is not None:
         assert leak.decode() not in caplog.text and leak not in response.body
     assert stack.gateway.seen == []
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error"),
+    [
+        (b"GET /prod/x?api_key=RAWLEAK HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 505, "HTTP version not supported"),
+        (b"GET /prod/x?api_key=RAWLEAK\r\n\r\n", 505, "HTTP version not supported"),  # HTTP/0.9: no headers at all
+        (b"GARBAGE-RAWLEAK\r\n\r\n", 400, "malformed request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03RAWLEAK", 400, "TLS on a plain-HTTP port"),
+        (b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "asterisk-form target refused"),
+    ],
+    ids=["http-9.9", "http-0.9", "not-a-request-line", "tls-hello", "asterisk-form"],
+)
+async def test_requests_that_are_not_http_1x_requests_say_what_they_are(
+    stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, error: str
+) -> None:
+    response = await raw_request(stack.proxy.port, request_bytes, timeout=5)
+    assert response.status == status
+    assert_json_error(response.body, error)
+    assert "RAWLEAK" not in caplog.text and b"RAWLEAK" not in response.body and "Traceback" not in caplog.text
+    assert stack.gateway.seen == []
+
+
+async def test_requests_the_parser_refuses_are_logged_and_counted(
+    stack: Stack, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "sigv4_proxy.access")
+    for request_bytes in (b"GET /prod/x HTTP/1.1\r\n\r\n", b"BREW /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
+        await raw_request(stack.proxy.port, request_bytes, timeout=5)
+    await asyncio.sleep(0.05)  # logged and counted once the answer is on its way
+    access = [r.getMessage() for r in caplog.records if r.name == "sigv4_proxy.access"]
+    assert [line.split(" in=")[0] for line in access] == ["- - 400", "- - 501"]
+    async with client.get(f"{stack.url}/__sigv4proxy/metrics") as resp:
+        text = await resp.text()
+    assert 'sigv4_proxy_requests_total{route="-",status="400"} 1' in text
+    assert 'sigv4_proxy_requests_total{route="-",status="501"} 1' in text
 
 
 @pytest.mark.parametrize(

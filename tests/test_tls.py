@@ -109,3 +109,16 @@ async def test_tls_handshake_that_never_completes_is_a_504_within_the_connect_ti
         for writer in accepted:
             writer.close()
         server.close()
+
+
+async def test_https_to_a_plain_http_upstream_says_so_not_ca_bundle() -> None:
+    async def plain(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="plain")
+
+    server = await asyncio.get_running_loop().create_server(web.Server(plain), "127.0.0.1", 0)
+    try:
+        status, body = await status_through(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        assert status == 502 and body["error"] == "upstream TLS error"
+        assert "plain HTTP" in body["detail"] and "--ca-bundle" not in body["detail"]
+    finally:
+        server.close()
