@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.services import LOAD_CPU, REPO, pinned
+from bench.services import LOAD_CPU, PROXY_CPU, REPO, pinned
 
 MiB = 1024 * 1024
 
@@ -96,6 +96,29 @@ def sse_latencies(port: int, count: int, interval_ms: float) -> list[float]:
     if len(latencies) != count:
         raise RuntimeError(f"SSE client saw {len(latencies)} of {count} events")
     return latencies
+
+
+SHA256_TIMER = """
+import hashlib, statistics, sys, time
+size = int(sys.argv[1])
+block = bytes(range(256)) * 512
+def once():
+    digest, left, start = hashlib.sha256(), size, time.perf_counter()
+    while left > 0:
+        digest.update(block if left >= len(block) else block[:left])
+        left -= len(block)
+    digest.hexdigest()
+    return time.perf_counter() - start
+print(statistics.median(once() for _ in range(7)) * 1000)
+"""
+
+
+def sha256_ms(size: int) -> float:
+    """Milliseconds for SHA-256 of `size` bytes in 128 KiB pieces on the proxy's CPU: the work the
+    payload hash alone adds to each POST there (DESIGN.md fact 6), whatever the proxy's code."""
+    argv = [sys.executable, "-c", SHA256_TIMER, str(size)]
+    out = subprocess.run(pinned(PROXY_CPU, argv), capture_output=True, text=True, timeout=60, check=True)
+    return float(out.stdout)
 
 
 def reset_peak_rss(pid: int) -> None:

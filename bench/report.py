@@ -127,3 +127,18 @@ def targets_table(results: Results) -> str:
     found = verdicts(results)
     width = max(len(text) for text, _, _ in found)
     return "\n".join(f"{'PASS' if ok else 'FAIL'}  {text.ljust(width)}  {figure}" for text, figure, ok in found)
+
+
+def post_ceiling(results: Results, post_mib: int) -> str:
+    """What the POST target meets on this machine before any of the proxy's own work: the unsigned
+    passthrough's time per POST on its one CPU plus the SHA-256 of the body there, an upper bound
+    for a proxy that must hash every body before sending it (DESIGN.md fact 6)."""
+    sha_ms = results["proxy"]["post_sha256_ms"]
+    passthrough_ms = 1000 / _get(results, "passthrough", "post_rps")
+    ceiling = 1000 / (passthrough_ms + sha_ms)
+    return (
+        f"POST ceiling on this machine: the passthrough's {passthrough_ms:.2f} ms per {post_mib} MiB POST + "
+        f"{sha_ms:.2f} ms for its SHA-256 on the proxy's CPU = at most {ceiling:.0f} req/s, "
+        f"{ceiling / _get(results, 'direct', 'post_rps'):.2f}x direct (the proxy: "
+        f"{_get(results, 'proxy', 'post_rps') / ceiling:.2f}x of that ceiling)"
+    )

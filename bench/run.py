@@ -122,6 +122,7 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
                         service.stop()
         finally:
             upstream.stop()
+    sha_ms = measure.sha256_ms(plan.post_mib * MiB)
     busy, own, steal = measure.cpu_seconds()
     wall = time.monotonic() - wall_before
     foreign = max(0.0, (busy - busy_before) - (own - own_before))
@@ -135,7 +136,9 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
     }
     if foreign > 0.05 * wall:
         log(f"WARNING: other programs used {foreign:.1f}s of CPU during the run: the figures are skewed")
-    return {name: combine(r) for name, r in rounds.items()}, context
+    results = {name: combine(r) for name, r in rounds.items()}
+    results["proxy"]["post_sha256_ms"] = sha_ms
+    return results, context
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results, report.rows(plan.big_mib, plan.post_mib, plan.post_connections)))
     print("\nspeed targets:")
     print(report.targets_table(results))
+    print()
+    print(report.post_ceiling(results, plan.post_mib))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     verdicts = [{"target": t, "figure": f, "pass": ok} for t, f, ok in report.verdicts(results)]
     args.json.write_text(json.dumps({"context": context, "plan": asdict(plan), "results": results,

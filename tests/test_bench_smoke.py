@@ -45,8 +45,10 @@ def test_quick_bench_measures_every_figure_for_every_target(tmp_path: Path) -> N
         assert got["errors"] == 0, (target, got)
     verdicts = data["targets"]
     assert len(verdicts) == 5 and all(isinstance(v["pass"], bool) for v in verdicts)
-    for line in ("small GET, 50 conns", "MiB download", "MiB POST", "SSE event latency", "speed targets:"):
+    for line in ("small GET, 50 conns", "MiB download", "MiB POST", "SSE event latency", "speed targets:",
+                 "POST ceiling on this machine"):
         assert line in run.stdout
+    assert data["results"]["proxy"]["post_sha256_ms"] > 0
     assert run.stdout.count("PASS  ") + run.stdout.count("FAIL  ") == len(verdicts)
 
 
