@@ -46,17 +46,18 @@ class _Handler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started: cannot send an error response")
-        response = self._refusal(request, status, exc)
+        fault = type(exc).__name__ if exc is not None else "error"
+        if status == 500:  # a handler failed; the request itself was logged and counted already
+            log.error("internal error in the HTTP server (%s); see the proxy's log above", fault)
+            return error_response(500, "internal error", "the proxy failed on this request; see its log", close=True)
+        response = self._refusal(request, status, exc, fault)
         on_refusal = self._manager.on_refusal  # type: ignore[union-attr]
         if on_refusal is not None:
             on_refusal(response)
         return response
 
-    def _refusal(self, request: web.BaseRequest, status: int, exc: BaseException | None) -> web.Response:
-        fault = type(exc).__name__ if exc is not None else "error"
-        if status == 500:
-            log.error("internal error in the HTTP server (%s); see the proxy's log above", fault)
-            return error_response(500, "internal error", "the proxy failed on this request; see its log", close=True)
+    def _refusal(self, request: web.BaseRequest, status: int, exc: BaseException | None, fault: str) -> web.Response:
+        """The answer to a request the parser refused."""
         refused = _refused_head(exc)
         if refused is not None:
             status, error, detail = refused
