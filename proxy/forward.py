@@ -24,6 +24,7 @@ from proxy.credentials import CredentialsUnavailable, CredentialSource
 from proxy.diagnose import DIAGNOSIS_HEADER
 from proxy.errors import ProxyError, from_exception
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.http_server import parser_reason
 from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log_signing, read_refusal
 from proxy.rejection import token_rejection
 from proxy.signing import Credentials, SignedRequest, amz_date_now, sign
@@ -173,7 +174,9 @@ class Forwarder:
         try:
             return await read_body(request, self._settings.max_body_size, self._settings.idle_timeout or None)
         except (aiohttp.web.HTTPException, aiohttp.http_exceptions.HttpProcessingError) as exc:
-            raise ProxyError(400, "malformed request body", str(exc), close=True) from None
+            # The parser's reason, never its message whole: that quotes the bytes it refused.
+            reason = parser_reason(exc) or type(exc).__name__
+            raise ProxyError(400, "malformed request body", f"the body could not be parsed: {reason}", close=True) from None
         except ConnectionResetError as exc:
             raise ProxyError(400, "request body incomplete", str(exc), close=True) from None
 
@@ -353,6 +356,13 @@ def split_target(raw_target: str) -> tuple[str, str]:
 
 
 def _loggable(request: web.BaseRequest) -> str:
-    """The path without the query: query values may carry tokens or signatures."""
+    """The path without the query: query values may carry tokens or signatures; nor the user-info
+    of an absolute-form or authority-form target (`http://user:pass@host/`, CONNECT's
+    `user:pass@host:443`), refused but logged."""
     path = request.raw_path.partition("?")[0]
+    if not path.startswith("/"):
+        scheme, sep, rest = path.partition("://") if "://" in path else ("", "", path)
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            path = f"{scheme}{sep}<redacted>@{authority.rpartition('@')[2]}{slash}{tail}"
     return path if len(path) <= 200 else path[:200] + "…"

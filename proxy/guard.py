@@ -18,18 +18,20 @@ import hmac
 import logging
 import re
 
-from aiohttp import HttpVersion10, web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from proxy.config import ConfigError, Settings, is_loopback, parse_listen
 from proxy.cors import Cors
 from proxy.errors import ProxyError
 from proxy.forward import Addon, split_target
+from proxy.http_server import SUPPORTED_VERSIONS
 
 log = logging.getLogger("sigv4_proxy")
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # RFC 9110 section 15.5.6: a 405 must list what the resource does allow.
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+SERVED_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 # Distinct accepted Host values remembered (RequestGuard.check_host).
 ACCEPTED_HOSTS_KEPT = 64
 # RFC 9112 3.2 / RFC 3986 3.2.2-3.2.3: Host is host[:port], the host an IP literal or a reg-name, the
@@ -62,10 +64,10 @@ class RequestGuard:
         self._accepted_hosts: set[str] = set()
 
     async def on_request(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        if request.version < HttpVersion10:
-            # HTTP/0.9 (a request line without a version) has no headers: nothing to check a Host
-            # or an Origin in, and no way to say what is signed. Never served (RFC 9112 2.3).
-            raise ProxyError(505, "HTTP version not supported", "send HTTP/1.1 (or HTTP/1.0) requests", close=True)
+        if request.version not in SERVED_VERSIONS:
+            # HTTP/0.9 (a request line without a version) has no headers to check a Host or an
+            # Origin in; "HTTP/2.0" on an HTTP/1 connection is no HTTP/2 (RFC 9112 2.3, 2.5).
+            raise ProxyError(505, "HTTP version not supported", SUPPORTED_VERSIONS, close=True)
         if request.method == "CONNECT":
             raise ProxyError(
                 405,

@@ -27,11 +27,14 @@ log = logging.getLogger("sigv4_proxy")
 MAX_REQUEST_LINE = 16 * 1024
 MAX_HEADER_FIELD = 8190  # aiohttp's default, for a header's name and its value each
 MAX_HEADERS = 128  # aiohttp's default
+SUPPORTED_VERSIONS = "the proxy speaks HTTP/1.1 and HTTP/1.0"
 
 
-# What a parser error says before the bytes it quotes: llhttp's and aiohttp's own fixed wording
-# ("Duplicate Content-Length", "Missing 'Host' header in request."), never the client's bytes.
-_FIXED_REASON = re.compile(r"[A-Za-z][A-Za-z0-9 '.,()-]{0,120}")
+# What a parser error says before the bytes it quotes (a blank line, then the quoted bytes):
+# llhttp's and aiohttp's own fixed wording ("Duplicate Content-Length"), never the client's bytes.
+_FIXED_REASON = re.compile(r"[A-Za-z][A-Za-z0-9 '.,:`()-]{0,120}")
+# The few one-line messages aiohttp's C parser raises without quoting anything.
+_ONE_LINE_REASONS = frozenset({"Missing 'Host' header in request."})
 # A request line llhttp refused for its method alone: token SP target SP HTTP-version.
 _REQUEST_LINE_QUOTED = re.compile(r"b'[!#$%&*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d")
 
@@ -64,23 +67,24 @@ class _Handler(RequestHandler):
             log.warning("refused a request from %s: %s (%s)", request.remote, error, detail)
             return error_response(status, error, detail, close=True)
         # The exception's text quotes the offending bytes: never log them, only the parser's reason.
-        reason = _parser_reason(exc) or fault
+        reason = parser_reason(exc) or fault
         log.warning("refused a malformed request from %s: %s", request.remote, reason)
         return error_response(status, "malformed request", f"the HTTP request could not be parsed: {reason}", close=True)
 
 
-def _parser_reason(exc: BaseException | None) -> str | None:
+def parser_reason(exc: BaseException | None) -> str | None:
     """The parser's own reason, the lines before the quoted bytes ("Bad status line: Invalid HTTP
-    version"), or None when it does not look like fixed wording."""
+    version"), or None when the message is not shaped that way (aiohttp's pure-Python parser, the
+    raw-UTF-8 fallback, puts the client's bytes in its first line)."""
     message = getattr(exc, "message", None)
     if not isinstance(message, str):
         return None
-    lines = []
-    for line in message.split("\n"):
-        if not line.strip():
-            break  # a blank line, then the quoted bytes
-        lines.append(line.strip().rstrip(":"))
-    reason = ": ".join(lines)
+    if message in _ONE_LINE_REASONS:
+        return message
+    described, blank, _quoted = message.partition("\n\n")
+    if not blank:
+        return None
+    reason = ": ".join(line.strip().rstrip(":") for line in described.split("\n"))
     return reason if _FIXED_REASON.fullmatch(reason) else None
 
 
@@ -93,8 +97,10 @@ def _refused_head(exc: BaseException | None) -> tuple[int, str, str] | None:
         if _REQUEST_LINE_QUOTED.search(str(message)):  # a method llhttp does not know (RFC 9110 15.6.2)
             return 501, "method not implemented", "the proxy forwards the standard HTTP and WebDAV methods only"
         return 400, "malformed request", "the request line is not an HTTP/1.x request line"
-    if isinstance(exc, BadStatusLine) and "Invalid HTTP version" in str(message):
-        return 505, "HTTP version not supported", "the proxy speaks HTTP/1.1 and HTTP/1.0"  # RFC 9110 15.6.6
+    if (isinstance(exc, BadStatusLine) and "Invalid HTTP version" in str(message)) or str(message).startswith(
+        "Pause on PRI/Upgrade"  # the HTTP/2 connection preface ("PRI * HTTP/2.0")
+    ):
+        return 505, "HTTP version not supported", SUPPORTED_VERSIONS  # RFC 9110 15.6.6
     return _too_large(exc)  # RFC 9110 15.5.15, RFC 6585 5: a size, not a syntax error
 
 

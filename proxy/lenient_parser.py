@@ -27,8 +27,8 @@ from typing import Any
 
 import aiohttp.web_protocol
 from aiohttp import hdrs, http_parser
-from aiohttp.http_exceptions import InvalidURLError
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 _C_PARSER = aiohttp.web_protocol.HttpRequestParser
 _REPLAY_LIMIT = 64 * 1024  # request heads are smaller (aiohttp's own line/field limits are 8 KiB)
@@ -51,6 +51,7 @@ class LenientRequestParser:
         self._pending: bytes | None = b""
         self._left = 0  # body bytes (or a chunk's data and CRLF) before the next line or request
         self._chunked = 0  # 0, _SIZE_LINES or _TRAILER_LINES
+        self._body: StreamReader | None = None  # the body of the last request handed over
 
     def feed_data(self, data: bytes) -> Any:
         if self._fallen_back:
@@ -64,6 +65,14 @@ class LenientRequestParser:
             self._parser = http_parser.HttpRequestParserPy(*self._args, **self._kwargs)
             self._fallen_back = True
             return self._parser.feed_data(replay)
+        except HttpProcessingError as exc:
+            # Inside a body (a bad chunk size that came in a later read), llhttp's error reaches
+            # aiohttp as the next request's, while the handler reading this body waits on forever
+            # (--idle-timeout): the body must fail with it.
+            if self._body is not None and not self._body.is_eof():
+                self._body.set_exception(exc)
+                self._body.feed_eof()  # ended: aiohttp must not linger reading it after the answer
+            raise
         messages = result[0]
         # Nearly every read is one whole request without a body: its blank line is the read's only
         # one and ends it, so nothing is left over. One find settles it, sparing the general walk.
@@ -77,6 +86,9 @@ class LenientRequestParser:
             and data.find(b"\r\n\r\n") == len(data) - 4
         ):
             return result
+        for _message, payload in messages:
+            if payload is not EMPTY_PAYLOAD:
+                self._body = payload
         if self._pending is not None:
             try:
                 self._pending = self._follow(self._pending + data if self._pending else data, messages)

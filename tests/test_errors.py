@@ -171,12 +171,14 @@ async def test_unparseable_requests_get_json_400_with_the_parsers_reason_and_lea
          + b"\r\n", 431, "request header too large"),
         (b"GET /prod/x?api_key=TOKENLEAK HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 505, "HTTP version not supported"),
         (b"GET /prod/x?api_key=TOKENLEAK\r\n\r\n", 505, "HTTP version not supported"),  # HTTP/0.9: no headers at all
+        (b"GET /prod/x?api_key=TOKENLEAK HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505, "HTTP version not supported"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "HTTP version not supported"),  # HTTP/2's preface
         (b"GARBAGE-TOKENLEAK\r\n\r\n", 400, "malformed request"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03TOKENLEAK", 400, "TLS on a plain-HTTP port"),
         (b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Leak: TOKENLEAK\r\n\r\n", 400, "asterisk-form target refused"),
     ],
-    ids=["request-line", "header-field", "header-count", "http-9.9", "http-0.9", "not-a-request-line", "tls-hello",
-         "asterisk-form"],
+    ids=["request-line", "header-field", "header-count", "http-9.9", "http-0.9", "http-2.0", "h2-preface",
+         "not-a-request-line", "tls-hello", "asterisk-form"],
 )
 async def test_a_request_head_refused_for_what_it_is_gets_its_own_status_and_leaks_nothing(
     stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, error: str
@@ -217,3 +219,58 @@ async def test_unknown_method_is_a_json_501(stack: Stack, method: bytes) -> None
     assert response.status == 501
     assert_json_error(response.body, "method not implemented")
     assert stack.gateway.seen == []
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET http://user:PASSLEAK@evil.example/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET https://PASSLEAK@evil.example/x://again HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"CONNECT user:PASSLEAK@evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+    ],
+)
+async def test_a_password_in_a_refused_target_is_not_logged(
+    stack: Stack, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    caplog.set_level(logging.INFO, "sigv4_proxy.access")
+    response = await raw_request(stack.proxy.port, request_bytes, timeout=5)
+    assert response.status in (400, 405)
+    await asyncio.sleep(0.05)  # the access line is written once the answer is on its way
+    assert "<redacted>@evil.example" in caplog.text and "PASSLEAK" not in caplog.text
+    assert stack.gateway.seen == []
+
+
+async def test_a_malformed_chunk_in_a_later_read_is_a_prompt_400_that_leaks_nothing(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack(settings={"idle_timeout": 30})
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+    try:
+        writer.write(b"POST /prod/u HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the body by now
+        writer.write(b"ZZSECRET\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)  # answered and closed, not held for --idle-timeout
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body) == {"error": "malformed request body",
+                                "detail": "the body could not be parsed: Invalid character in chunk size"}
+    assert "ZZSECRET" not in caplog.text
+    assert stack.gateway.seen == []
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"GET /prod/items HTTP/1.1\nHost: 127.0.0.1\n\n", "Bad status line: Expected CRLF after version"),
+        (b"GET /prod/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+         "Request has invalid `Transfer-Encoding`"),
+    ],
+)
+async def test_multi_line_parser_reasons_are_given_too(stack: Stack, request_bytes: bytes, reason: str) -> None:
+    response = await raw_request(stack.proxy.port, request_bytes, timeout=5)
+    assert response.status == 400
+    assert response.json()["detail"] == f"the HTTP request could not be parsed: {reason}"
