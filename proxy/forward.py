@@ -298,9 +298,12 @@ class Forwarder:
             if head:
                 await response.write(head)
                 exchange.bytes_out += len(head)
+            transport = request.transport
             while chunk := await upstream.read_chunk(idle):
                 await response.write(chunk)
                 exchange.bytes_out += len(chunk)
+                if transport is not None and not transport.get_write_buffer_size():
+                    upstream.recycle()  # the views written so far are sent: their buffers may be reused
             await response.write_eof()
         except (UpstreamError, TimeoutError) as exc:
             # Headers are gone already: all that is left is to end the connection without a clean

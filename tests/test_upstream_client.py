@@ -366,6 +366,84 @@ async def test_slow_reader_pauses_the_upstream_and_gets_every_byte(serve: Serve,
     assert largest <= HIGH_WATER + 512 * 1024, f"{largest} bytes were held for the reader at once"
 
 
+# -- Long bodies read into the response's own buffers ----------------------------------------------
+
+PIECES = [1, 7, 1000, 65_535, 300_000, 3, 262_144, 500_000, 12]  # across and inside 256 KiB buffers
+
+
+def unique_bytes(size: int, seed: bytes = b"body") -> bytes:
+    """No byte pattern repeats: a buffer reused too early shows up as changed bytes."""
+    return hashlib.shake_256(seed).digest(size)
+
+
+def in_pieces(head: bytes, body: bytes) -> tuple[bytes, ...]:
+    """The head with the body's first bytes, then the rest in PIECES-sized writes 20 ms apart."""
+    pieces, start = [head + body[:100]], 100
+    for size in PIECES:
+        pieces.append(body[start : start + size])
+        start += size
+    return (*pieces, body[start:])
+
+
+async def read_like_the_proxy(response: UpstreamResponse, pause: float = 0.0) -> bytes:
+    """Copy each chunk (as the write to the client does), then declare it flushed."""
+    received = bytearray()
+    while chunk := await response.read_chunk(2.0):
+        received += chunk
+        response.recycle()
+        await asyncio.sleep(pause)  # meanwhile reads arrive and wait, queued
+    return bytes(received)
+
+
+async def test_long_body_in_uneven_reads_then_the_next_answer_on_the_same_connection(
+    serve: Serve, upstream_client: UpstreamClient
+) -> None:
+    body = unique_bytes(2 * 1024 * 1024)
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    second = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnext\r\n0\r\n\r\n"
+    upstream = await serve(answering(in_pieces(head, body), second, (head + body[:10], body[10:])))
+    for expected in (body, b"next", body):
+        response = await send(upstream_client, upstream)
+        assert await read_like_the_proxy(response) == expected and response.at_eof()
+    assert upstream.connections == 1  # llhttp, left mid-body by the direct reads, was replaced
+
+
+@pytest.mark.parametrize(
+    ("piece", "gap", "pause"),
+    [
+        (100_000, 0.0, 0.0),
+        (100_000, 0.0, 0.03),  # every read fills a buffer while the reader waits
+        (10_000, 0.002, 0.0),
+        (10_000, 0.002, 0.03),  # short reads queue up: each one extends the view before it
+    ],
+)
+async def test_reads_queued_behind_a_recycled_buffer_are_never_overwritten(
+    serve: Serve, upstream_client: UpstreamClient, piece: int, gap: float, pause: float
+) -> None:
+    body = unique_bytes(3 * 1024 * 1024, seed=f"{piece} {pause}".encode())
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    async def sender(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(head + body[:5])
+        for start in range(5, len(body), piece):
+            await conn.send(body[start : start + piece])
+            if gap:
+                await asyncio.sleep(gap)
+
+    upstream = await serve(sender)
+    response = await send(upstream_client, upstream, timeout=5.0)
+    assert await read_like_the_proxy(response, pause) == body
+
+
+async def test_long_body_cut_short_is_an_error(serve: Serve, upstream_client: UpstreamClient) -> None:
+    upstream = await serve(answering((b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nab", b"c" * 400_000),
+                                     then_close=True))
+    response = await send(upstream_client, upstream)
+    with pytest.raises(UpstreamError):
+        await read_like_the_proxy(response)
+
+
 # -- Cancellation ---------------------------------------------------------------------------------
 
 

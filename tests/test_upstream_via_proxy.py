@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,6 +17,7 @@ from conftest import CREDENTIALS, Stack
 from proxy.config import Settings, resolve_routes
 from proxy.credentials import StaticCredentialSource
 from proxy.server import RunningProxy, start_proxy
+from proxy_process import isolated_env, spawn
 from raw_upstream import OK, Conn, RawUpstream, Serve, answering, serve, stalling  # noqa: F401 (serve: a fixture)
 from rawhttp import get, parse_response, raw_request
 
@@ -160,3 +162,36 @@ async def test_a_request_line_over_aiohttps_default_limit_reaches_the_upstream(s
         response = await raw_request(running.port, get(f"/items?{query}".encode()))
     assert response.status == 200
     assert upstream.requests[0].head.startswith(f"GET /items?{query.replace(',', '%2C')} HTTP/1.1".encode())
+
+
+async def test_a_long_download_reaches_a_fast_and_a_slow_client_byte_for_byte(serve: Serve) -> None:
+    """The proxy process (on uvloop, whose writes keep a reference to what they could not send yet)
+    reads a long body into buffers it reuses once the client's socket has taken everything written:
+    a client that reads slowly keeps them in use, one that reads fast lets them be reused."""
+    body = hashlib.shake_256(b"download").digest(8 * 1024 * 1024)  # no repeating pattern
+
+    async def download(conn: Conn) -> None:
+        while await conn.request() is not None:
+            await conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            for start in range(0, len(body), 50_000):
+                await conn.send(body[start : start + 50_000])
+
+    upstream = await serve(download)
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", upstream.url, "--sign-host",
+                        "x.execute-api.us-east-1.amazonaws.com", env=isolated_env(CREDENTIALS))
+    try:
+        for read_size, pause in ((1 << 20, 0.0), (16 * 1024, 0.001)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            received = bytearray()
+            await asyncio.sleep(pause * 300)  # the slow one: the socket buffers fill up first
+            async with asyncio.timeout(20):
+                while data := await reader.read(read_size):
+                    received += data
+                    await asyncio.sleep(pause)
+            writer.close()
+            head, _, got = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and len(got) == len(body)
+            assert got == body, f"first difference at byte {next(i for i, (a, b) in enumerate(zip(got, body)) if a != b)}"
+    finally:
+        await proxy.stop()
