@@ -21,9 +21,9 @@ HIGH_WATER = 512 * 1024
 # A body with a Content-Length that takes more than one read is read straight into buffers the
 # response owns and handed on as views of them, not copied out of a shared buffer by llhttp: each
 # downloaded byte is copied once in user space (kernel to buffer) instead of twice or three times.
-ARENA_SIZE = 256 * 1024
+ARENA_SIZE = 1024 * 1024
 MIN_READ = 64 * 1024  # a buffer with less room left is retired rather than read into
-ARENAS_KEPT = 2  # flushed buffers kept per response for its next reads
+ARENAS_KEPT = 1  # a flushed buffer kept per response for its next reads
 
 
 class UpstreamError(Exception):
@@ -42,7 +42,7 @@ class UpstreamResponse:
     """
 
     __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered", "_complete",
-                 "_error", "_waiter", "_until_close", "_arena", "_arena_view", "_offset", "_tail_start",
+                 "_error", "_waiter", "_loop", "_until_close", "_arena", "_arena_view", "_offset", "_tail_start",
                  "_retired", "_free")
 
     def __init__(self, connection: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]):
@@ -55,6 +55,7 @@ class UpstreamResponse:
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._loop = connection.loop  # asyncio.get_running_loop() is a getpid() per wait
         # No Content-Length and not chunked: the body ends when the connection does (RFC 9112 6.3).
         # Chunked means chunked as the final coding, of all Transfer-Encoding lines joined (RFC
         # 9110 5.3), as llhttp reads it: "gzip" then "chunked" lines are chunked, "chunked, gzip" not.
@@ -116,7 +117,7 @@ class UpstreamResponse:
         return b"".join(parts)
 
     async def _wait(self, idle_timeout: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._waiter = waiter = loop.create_future()
         timer = loop.call_later(idle_timeout, expire, waiter) if idle_timeout else None
         try:
