@@ -1,9 +1,10 @@
 """`python -m bench [--quick]`: the proxy against its upstream and a minimal passthrough, one table.
 
 Starts a local upstream (nginx, or aiohttp when nginx is absent), then one target at a time: the
-upstream directly, the unsigned aiohttp passthrough (bench/passthrough.py) and the signing proxy,
-each server pinned to CPU 0 while wrk, curl and the SSE client run on CPU 1. Every figure is the
-median of several rounds; everything listens on 127.0.0.1 only.
+upstream directly, the unsigned aiohttp passthrough (bench/passthrough.py), the signing proxy and,
+for the download and the POST, a plain hashing relay (bench/hashing_relay.py). Each server is
+pinned to CPU 0 while wrk, curl and the SSE client run on CPU 1. Every figure is the median of
+several rounds; everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def measure_once(name: str, port: int, pid: int | None, plan: Plan, scripts: tup
     return figures
 
 
+def measure_relay(port: int, plan: Plan, post_script: Path, log: Callable[[str], None]) -> dict[str, float]:
+    """The download and the POST through bench/hashing_relay.py: what this machine allows a proxy
+    that hashes every request body."""
+    url = f"http://127.0.0.1:{port}"
+    log(f"relay: {plan.big_mib} MiB download, {plan.post_mib} MiB POST")
+    download = statistics.median(measure.download(f"{url}/big.bin") for _ in range(DOWNLOADS))
+    post = measure.wrk(f"{url}/upload", plan.post_connections, plan.seconds, post_script)
+    return {"download_mib_s": download, "post_rps": post.rps, "errors": post.errors}
+
+
 # Peaks and the worst event count as the worst round; errors add up; everything else is a median.
 WORST = frozenset({"download_rss_mib", "post_rss_mib", "sse_max_ms"})
 
@@ -101,7 +112,7 @@ def combine(rounds: list[dict[str, float]]) -> dict[str, float]:
 def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report.Results, dict[str, str]]:
     """Rounds of direct, passthrough, proxy in turn (a burst of other load then hits all three
     alike), each server started fresh for its round and stopped before the next one starts."""
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in report.TARGETS_ORDER}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in (*report.TARGETS_ORDER, "relay")}
     busy_before, own_before, steal_before = measure.cpu_seconds()
     wall_before = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sigv4-bench-") as tmp_name:
@@ -120,6 +131,11 @@ def run(plan: Plan, use_nginx: bool, log: Callable[[str], None]) -> tuple[report
                         rounds[name].append(measure_once(name, service.port, service.proc.pid, plan, scripts, log))
                     finally:
                         service.stop()
+                relay = services.start_relay(upstream.url, tmp)
+                try:
+                    rounds["relay"].append(measure_relay(relay.port, plan, scripts[1], log))
+                finally:
+                    relay.stop()
         finally:
             upstream.stop()
     sha_ms = measure.sha256_ms(plan.post_mib * MiB)
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nspeed targets:")
     print(report.targets_table(results))
     print()
-    print(report.post_ceiling(results, plan.post_mib))
+    print(report.relay_lines(results, plan.big_mib, plan.post_mib))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     verdicts = [{"target": t, "figure": f, "pass": ok} for t, f, ok in report.verdicts(results)]
     args.json.write_text(json.dumps({"context": context, "plan": asdict(plan), "results": results,

@@ -205,3 +205,9 @@ def start_passthrough(upstream: str, tmp: Path) -> Service:
     port = free_port()
     argv = [sys.executable, "-m", "bench.passthrough", "--listen", f"127.0.0.1:{port}", "--upstream", upstream]
     return start("passthrough", pinned(PROXY_CPU, argv), port, tmp)
+
+
+def start_relay(upstream: str, tmp: Path) -> Service:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.hashing_relay", "--listen", f"127.0.0.1:{port}", "--upstream", upstream]
+    return start("relay", pinned(PROXY_CPU, argv), port, tmp)

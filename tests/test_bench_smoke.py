@@ -46,9 +46,11 @@ def test_quick_bench_measures_every_figure_for_every_target(tmp_path: Path) -> N
     verdicts = data["targets"]
     assert len(verdicts) == 5 and all(isinstance(v["pass"], bool) for v in verdicts)
     for line in ("small GET, 50 conns", "MiB download", "MiB POST", "SSE event latency", "speed targets:",
-                 "POST ceiling on this machine"):
+                 "reference: bench/hashing_relay.py"):
         assert line in run.stdout
     assert data["results"]["proxy"]["post_sha256_ms"] > 0
+    relay = data["results"]["relay"]  # the hashing relay carried the download and the POSTs
+    assert relay["download_mib_s"] > 0 and relay["post_rps"] > 0 and relay["errors"] == 0, relay
     assert run.stdout.count("PASS  ") + run.stdout.count("FAIL  ") == len(verdicts)
 
 
