@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from multidict import CIMultiDict
 
 import proxy.upstream
@@ -436,6 +437,21 @@ async def test_reads_queued_behind_a_recycled_buffer_are_never_overwritten(
     assert await read_like_the_proxy(response, pause) == body
 
 
+async def test_bytes_after_a_long_body_are_not_taken_for_it(serve: Serve, upstream_client: UpstreamClient) -> None:
+    body = unique_bytes(1024 * 1024)
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with_junk = answering((head + body[:10], body[10:] + b"HTTP/1.1 200 OK\r\nJunk"))
+
+    async def script(conn: Conn) -> None:
+        await (with_junk if conn.number == 1 else answering(OK))(conn)
+
+    upstream = await serve(script)
+    response = await send(upstream_client, upstream)
+    assert await read_like_the_proxy(response) == body
+    assert (await fetch(upstream_client, upstream))[1] == b"ok"
+    assert upstream.connections == 2  # the first one is out of step: given up, not reused
+
+
 async def test_long_body_cut_short_is_an_error(serve: Serve, upstream_client: UpstreamClient) -> None:
     upstream = await serve(answering((b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nab", b"c" * 400_000),
                                      then_close=True))
@@ -485,6 +501,33 @@ async def test_tls_connection_is_reused(serve: Serve, tmp_path: Path) -> None:
         await client.close()
     assert upstream.connections == 1
 
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_long_bodies_over_tls_arrive_whole_on_a_reused_connection(tmp_path: Path, loop_kind: str) -> None:
+    """Over TLS the event loop decrypts into the response's buffers: never past the body's end."""
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    body = unique_bytes(3 * 1024 * 1024, seed=loop_kind.encode())
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    async def scenario() -> None:
+        pieces = in_pieces(head, body)
+        upstream = await RawUpstream(answering(pieces, OK, pieces), server_tls).start()
+        client = UpstreamClient(ssl.create_default_context(cafile=str(cert)), connect_timeout=2.0)
+        try:
+            for expected in (body, b"ok", body):
+                response = await send(client, upstream, timeout=5.0)
+                assert await read_like_the_proxy(response) == expected
+        finally:
+            await client.close()
+            await upstream.close()
+        assert upstream.connections == 1
+
+    factory = uvloop.new_event_loop if loop_kind == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
 
 # -- The request head and the Host header ---------------------------------------------------------
 
