@@ -145,7 +145,7 @@ async def read_refusal(upstream: UpstreamResponse) -> bytes:
     before the rest of the body: up to REFUSAL_BODY_LIMIT bytes, or what arrived within
     REFUSAL_READ_WAIT seconds, so a 403 that trickles cannot hold its own headers back (a
     cancelled read consumes nothing)."""
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     size = 0
     deadline = time.monotonic() + REFUSAL_READ_WAIT
     while size < REFUSAL_BODY_LIMIT:

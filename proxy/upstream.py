@@ -24,7 +24,8 @@ import aiohappyeyeballs
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.upstream_connection import ConnectionClosed, UpstreamConnection, UpstreamError, UpstreamResponse, expire
+from proxy.upstream_connection import UpstreamConnection
+from proxy.upstream_response import ConnectionClosed, UpstreamError, UpstreamResponse, expire
 
 # RFC 9110 9.2.2: a request a client may send again when its connection failed before any answer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 import proxy.upstream
 from proxy.upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse, request_head
-from proxy.upstream_connection import HIGH_WATER
+from proxy.upstream_response import HIGH_WATER
 from raw_upstream import OK, Answer, Conn, RawUpstream, Script, Serve, answering, serve, stalling  # noqa: F401 (serve: a fixture)
 from test_tls import self_signed
 
