@@ -20,9 +20,11 @@ HIGH_WATER = 512 * 1024
 # A body with a Content-Length that takes more than one read is read straight into buffers the
 # response owns and handed on as views of them, not copied out of a shared buffer by llhttp: each
 # downloaded byte is copied once in user space (kernel to buffer) instead of twice or three times.
+# A buffer is read into again once the client's socket has taken every view of it; one that fills
+# up before that is let go and lives on only while views of it are queued or unsent (a slow client
+# keeps at most a few, the upstream being paused at HIGH_WATER).
 ARENA_SIZE = 1024 * 1024
-MIN_READ = 64 * 1024  # a buffer with less room left is retired rather than read into
-ARENAS_KEPT = 1  # a flushed buffer kept per response for its next reads
+MIN_READ = 64 * 1024  # a buffer with less room left is let go rather than read into
 
 
 class UpstreamError(Exception):
@@ -41,8 +43,7 @@ class UpstreamResponse:
     """
 
     __slots__ = ("status", "reason", "headers", "_connection", "_chunks", "_buffered", "_complete",
-                 "_error", "_waiter", "_loop", "_until_close", "_arena", "_arena_view", "_offset", "_tail_start",
-                 "_retired", "_free")
+                 "_error", "_waiter", "_loop", "_until_close", "_arena_view", "_offset", "_tail_start")
 
     def __init__(self, connection: UpstreamConnection, status: int, reason: str, headers: CIMultiDict[str]):
         self.status = status
@@ -61,15 +62,11 @@ class UpstreamResponse:
         codings = headers.getall("Transfer-Encoding", None)
         chunked = codings is not None and ",".join(codings).rsplit(",", 1)[-1].strip().lower() == "chunked"
         self._until_close = not chunked and "Content-Length" not in headers
-        # Read buffers (see ARENA_SIZE): the one being read into, the reads' position in it, where
-        # the last queued view starts when the next read may extend it (-1: it may not), buffers
-        # retired while views of them may still be unsent, and flushed ones ready for reuse.
-        self._arena: bytearray | None = None
+        # The read buffer (see ARENA_SIZE), the reads' position in it, and where the last queued
+        # view starts when the next read may extend it (-1: it may not).
         self._arena_view = memoryview(b"")
         self._offset = 0
         self._tail_start = -1
-        self._retired: list[bytearray] = []
-        self._free: list[bytearray] = []
 
     @property
     def content_length(self) -> int | None:
@@ -127,14 +124,10 @@ class UpstreamResponse:
                 timer.cancel()
 
     def recycle(self) -> None:
-        """Everything read_chunk returned has been written out and flushed: the read buffers behind
-        those views may be read into again."""
-        if self._chunks:
-            return  # views of reads since then are still queued
-        self._offset = 0
-        while self._retired and len(self._free) < ARENAS_KEPT:
-            self._free.append(self._retired.pop())
-        self._retired.clear()
+        """Everything read_chunk returned has been written out and flushed: the read buffer behind
+        those views may be read into again from its start."""
+        if not self._chunks:  # else views of reads since then are still queued in it
+            self._offset = 0
 
     def close(self) -> None:
         """Stop reading: a connection whose response is not complete cannot be reused."""
@@ -154,10 +147,8 @@ class UpstreamResponse:
         """Where the next read of the body goes: at most `body_left` bytes of a response buffer."""
         room = len(self._arena_view) - self._offset
         if room < MIN_READ and room < body_left:
-            if self._arena is not None:
-                self._retired.append(self._arena)
-            arena = self._free.pop() if self._free else bytearray(min(body_left, ARENA_SIZE))
-            self._arena, self._arena_view, self._offset, self._tail_start = arena, memoryview(arena), 0, -1
+            self._arena_view = memoryview(bytearray(min(body_left, ARENA_SIZE)))
+            self._offset, self._tail_start = 0, -1
         return self._arena_view[self._offset : self._offset + body_left]
 
     def _feed_read(self, nbytes: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -193,5 +194,48 @@ async def test_a_long_download_reaches_a_fast_and_a_slow_client_byte_for_byte(se
             head, _, got = bytes(received).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and len(got) == len(body)
             assert got == body, f"first difference at byte {next(i for i, (a, b) in enumerate(zip(got, body)) if a != b)}"
+    finally:
+        await proxy.stop()
+
+
+def proxy_memory_kib(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as status:
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status) if k in ("VmRSS", "VmHWM")}
+
+
+async def test_a_slow_client_holds_a_few_buffers_not_the_body(serve: Serve) -> None:
+    """A client that reads slowly keeps the proxy's writes unfinished, so its read buffers are never
+    all free at once: each one must still go as soon as its views are sent, or memory grows with
+    the body (it did: ~150 MiB for a 100 MiB download)."""
+    body = hashlib.shake_256(b"slow").digest(32 * 1024 * 1024)
+
+    async def download(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        await conn.send(body)
+
+    upstream = await serve(download)
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", upstream.url, "--sign-host",
+                        "x.execute-api.us-east-1.amazonaws.com", env=isolated_env(CREDENTIALS))
+    try:
+        before = proxy_memory_kib(proxy.process.pid)["VmRSS"]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: writes stay unfinished
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        digest, size = hashlib.sha256(), 0
+        head = await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(30):
+            while data := await reader.read(16 * 1024):
+                digest.update(data)
+                size += len(data)
+                await asyncio.sleep(0.0002)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200") and size == len(body)
+        assert digest.digest() == hashlib.sha256(body).digest()
+        grown = proxy_memory_kib(proxy.process.pid)["VmHWM"] - before
+        assert grown < 10 * 1024, f"the proxy's peak RSS grew by {grown} KiB for a {len(body) >> 20} MiB download"
     finally:
         await proxy.stop()
