@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _source_of(key: str, cli: dict[str, Any], config_file: Path | None) -> str:
+    """Where a setting's value came from, in precedence order, for an error message."""
+    if key in cli:
+        return f" (--{key.replace('_', '-')})"
+    env = f"SIGV4_PROXY_{key.upper()}"
+    if env in os.environ:
+        return f" (from {env})"
+    return f" (in {config_file})" if config_file is not None else ""
+
+
 def load_settings(cli: dict[str, Any], config_file: Path | None) -> Settings:
     """Merge the sources; raise ConfigError with one readable line on any invalid value."""
     if config_file is not None and not config_file.is_file():
@@ -197,7 +208,8 @@ def load_settings(cli: dict[str, Any], config_file: Path | None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "config"
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+        source = _source_of(str(first["loc"][0]) if first["loc"] else "", cli, config_file)
+        raise ConfigError(f"invalid setting {where}{source}: {first['msg']}") from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or an undecodable env value
         source = f"config file {config_file}" if config_file is not None else "the SIGV4_PROXY_* environment"
         raise ConfigError(f"cannot read {source}: {exc}") from None

@@ -104,5 +104,19 @@ def test_list_settings_from_the_environment_as_json_or_commas(monkeypatch: pytes
     monkeypatch.setenv("SIGV4_PROXY_SIGNED_HEADERS", '["x-c"]')
     assert load_settings({}, None).signed_headers == ["x-c"]
     monkeypatch.setenv("SIGV4_PROXY_SIGNED_HEADERS", "[not json")
-    with pytest.raises(ConfigError, match="invalid setting signed_headers"):
+    with pytest.raises(ConfigError, match=r"invalid setting signed_headers \(from SIGV4_PROXY_SIGNED_HEADERS\)"):
         load_settings({}, None)
+
+
+@pytest.mark.parametrize(("source", "named"), [("cli", "(--timeout)"), ("env", "(from SIGV4_PROXY_TIMEOUT)"),
+                                               ("file", "(in ")])
+def test_an_invalid_value_names_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str, named: str
+) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text('upstream = "https://d1.cloudfront.net"\n' + ('timeout = "abc"\n' if source == "file" else ""))
+    if source == "env":
+        monkeypatch.setenv("SIGV4_PROXY_TIMEOUT", "abc")
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"timeout": "abc"} if source == "cli" else {}, config)
+    assert str(raised.value).startswith(f"invalid setting timeout {named}")
