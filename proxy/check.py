@@ -10,6 +10,7 @@ the probe never got an answer; 2 for an invalid configuration.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from yarl import URL
 from proxy import diagnose, redact
 from proxy.config import ConfigError, Route, Settings, resolve_routes
 from proxy.credentials import ChainCredentialSource, CredentialsUnavailable
+from proxy.logs import ACCESS_LOGGER
 from proxy.server import CredentialFactory, StartupError, start_proxy, upstream_client
 from proxy.upstream import Origin, UpstreamError
 
@@ -86,6 +88,20 @@ async def run_check(
         _line(out, "config", f"FAILED: {exc}")
         return 2
     _line(out, "config", f"ok ({len(routes)} route{'s' if len(routes) != 1 else ''})")
+    # The probe's own line says what its access line would, which would land amid this report.
+    access = logging.getLogger(ACCESS_LOGGER)
+    level = access.level
+    if settings.log_level != "debug":
+        access.setLevel(logging.WARNING)
+    try:
+        return await _check_routes(settings, routes, path, credentials_for, out)
+    finally:
+        access.setLevel(level)
+
+
+async def _check_routes(
+    settings: Settings, routes: list[Route], path: str, credentials_for: CredentialFactory, out: Print
+) -> int:
     try:
         proxy = await start_proxy(settings.model_copy(update={"listen": "127.0.0.1:0"}), routes, credentials_for)
     except CredentialsUnavailable as exc:
