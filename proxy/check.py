@@ -88,10 +88,11 @@ async def run_check(
         _line(out, "config", f"FAILED: {exc}")
         return 2
     _line(out, "config", f"ok ({len(routes)} route{'s' if len(routes) != 1 else ''})")
-    # The probe's own line says what its access line would, which would land amid this report.
+    # The probe's own line says what its access line would, which in text would land amid this
+    # report on the terminal (JSON lines go to a program, debug output to someone asking for it).
     access = logging.getLogger(ACCESS_LOGGER)
     level = access.level
-    if settings.log_level != "debug":
+    if settings.log_format == "text" and settings.log_level != "debug":
         access.setLevel(logging.WARNING)
     try:
         return await _check_routes(settings, routes, path, credentials_for, out)
