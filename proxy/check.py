@@ -114,8 +114,9 @@ async def _check_routes(
     try:
         for active in proxy.routes:
             r = active.route
-            _line(out, f"route {r.prefix}", f"-> {r.upstream.with_user(None)} (signing host {r.sign_host}, "
-                  f"region {r.region}, service {r.service})")
+            via = proxy.client.outbound_proxy(active.origin)
+            _line(out, f"route {r.prefix}", f"-> {r.upstream.with_user(None)}{f' via outbound proxy {via}' if via else ''} "
+                  f"(signing host {r.sign_host}, region {r.region}, service {r.service})")
             health = active.credentials.health()
             _line(out, "credentials", health.source + ("" if health.expires else ", no expiry"))
         probed = next(a.route for a in proxy.routes if _serves(a.route, path))

@@ -23,6 +23,7 @@ from proxy import lenient_parser
 from proxy.http_server import MAX_HEADER_FIELD, MAX_HEADERS, MAX_REQUEST_LINE, ProxyServer
 from proxy.logs import flush_access_log, flush_access_log_periodically
 from proxy.observe import ProxyMetrics
+from proxy.outbound_proxy import OutboundProxies, ProxySettingError
 from proxy.status import StatusEndpoints
 from proxy.upstream import Origin, UpstreamClient
 
@@ -60,9 +61,17 @@ def upstream_tls(settings: Settings) -> ssl.SSLContext:
         raise StartupError(f"cannot load CA bundle {cafile}: {exc}") from None
 
 
+def outbound_proxies() -> OutboundProxies:
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY, as Go's ProxyFromEnvironment reads them."""
+    try:
+        return OutboundProxies.from_environ(os.environ)
+    except ProxySettingError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def upstream_client(settings: Settings) -> UpstreamClient:
     """One client with keep-alive pools for every request."""
-    return UpstreamClient(upstream_tls(settings), settings.connect_timeout)
+    return UpstreamClient(upstream_tls(settings), settings.connect_timeout, outbound_proxies())
 
 
 @dataclass
@@ -117,9 +126,13 @@ async def start_proxy(
     async with AsyncExitStack() as stack:
         for a in active:  # stop every route's credential refresher if start-up fails past here
             stack.push_async_callback(a.credentials.close)
-        await asyncio.gather(*(a.credentials.start() for a in active))
+        # Before the credentials: a bad CA bundle or proxy variable is reported without waiting
+        # for SSO or STS. Each route's outbound proxy is decided now, once.
         client = upstream_client(settings)
         stack.push_async_callback(client.close)
+        for a in active:
+            client.outbound_proxy(a.origin)
+        await asyncio.gather(*(a.credentials.start() for a in active))
         metrics = ProxyMetrics()
         # The status endpoints come after the caller's addons, so guards also cover them.
         status = StatusEndpoints(settings.reserved_prefix, active, metrics)
@@ -170,8 +183,9 @@ def describe_routes(proxy: RunningProxy) -> list[str]:
     lines = []
     for active in proxy.routes:
         r = active.route
+        via = proxy.client.outbound_proxy(active.origin)  # host:port, never its credentials
         lines.append(
-            f"{base}{r.prefix} -> {r.upstream} "
+            f"{base}{r.prefix} -> {r.upstream}{f' via outbound proxy {via}' if via else ''} "
             f"(signing host {r.sign_host}, region {r.region}, service {r.service}, "
             f"credentials: {active.credentials.describe()})"
         )

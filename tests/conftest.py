@@ -18,6 +18,7 @@ from proxy.fake_aws import FakeApiGateway, FakeCloudFront, Handler, Key, Listeni
 from proxy.forward import Addon
 from proxy.server import RunningProxy, start_proxy
 from proxy.signing import Credentials
+from proxy_process import OUTBOUND_PROXY_VARIABLES
 
 pytest_plugins = ("secret_watch",)  # every test's log is grepped for secrets (issue 4)
 SIGN_HOST = "abc123.execute-api.ap-northeast-1.amazonaws.com"
@@ -41,6 +42,15 @@ class Stack:
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture(autouse=True)
+def no_outbound_proxy_from_the_callers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY and the like in the shell that runs the suite must not decide where in-process
+    proxies send requests: the tests that want an outbound proxy set it themselves."""
+    for name in OUTBOUND_PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @pytest.fixture

@@ -16,14 +16,20 @@ from yarl import URL
 
 from proxy.signing import Credentials
 
+# What proxy/outbound_proxy.py reads (in either case), and ALL_PROXY, which other HTTP clients read.
+OUTBOUND_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "no_proxy", "all_proxy"})
 REPO = Path(__file__).resolve().parent.parent
 # describe_routes() logs this once the port is bound: the process is ready for requests from then on.
 _LISTENING = re.compile(r"http://127\.0\.0\.1:(\d+)/ -> ")
 
 
 def isolated_env(credentials: Credentials | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without any AWS or proxy settings, so the test decides all of them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SIGV4_PROXY_"))}
+    """The caller's environment without any AWS or proxy settings (ours, and the outbound proxy
+    variables: HTTPS_PROXY and the like), so the test decides all of them."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "SIGV4_PROXY_")) and k.lower() not in OUTBOUND_PROXY_VARIABLES
+    }
     env.update(
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,

@@ -68,6 +68,33 @@ def test_port_taken_fails_fast() -> None:
     assert "port is taken" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HTTPS_PROXY", "socks5://alice:s3cret-pw@proxy.corp:1080",
+         "HTTPS_PROXY: socks5:// proxies are not supported, only http:// ones (proxy proxy.corp)"),
+        ("https_proxy", "https://alice:s3cret-pw@proxy.corp:3128",
+         "https_proxy: https:// proxies are not supported, only http:// ones (proxy proxy.corp)"),
+        ("HTTP_PROXY", "http://alice:s3cret-pw@proxy.corp:port",
+         "HTTP_PROXY is not a proxy URL (expected http://[user:password@]host[:port])"),
+    ],
+)
+def test_an_unusable_outbound_proxy_fails_start_up_with_one_line(variable: str, value: str, message: str) -> None:
+    """Before credentials are looked for (there are none here), and without the proxy's password."""
+    env = isolated_env(extra={variable: value})
+    result = run_cli("--upstream", "https://d1.cloudfront.net", "--sign-host", SIGN_HOST, "--listen", "127.0.0.1:0", env=env)
+    assert (result.returncode, result.stderr) == (2, f"sigv4-proxy: {message}\n")
+
+
+async def test_the_start_up_line_names_the_outbound_proxy_without_its_credentials() -> None:
+    env = isolated_env(CREDENTIALS, {"HTTPS_PROXY": "http://alice:s3cret-pw@127.0.0.1:9", "NO_PROXY": "example.com"})
+    proxy = await spawn("--listen", "127.0.0.1:0", "--upstream", "https://d1.cloudfront.net", "--sign-host", SIGN_HOST, env=env)
+    await proxy.stop()  # nothing was sent: pools (and the proxy each uses) are made at start-up, connections later
+    log = "".join(proxy.log)
+    assert "/ -> https://d1.cloudfront.net via outbound proxy 127.0.0.1:9 (signing host" in log
+    assert "s3cret-pw" not in log and "alice" not in log
+
+
 async def test_env_configured_proxy_prints_its_route_and_works(stack: Stack) -> None:
     env = isolated_env(CREDENTIALS, {
         "SIGV4_PROXY_UPSTREAM": str(stack.cloudfront_url),

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,8 @@ from proxy.credentials import StaticCredentialSource
 from proxy.server import start_proxy
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+def self_signed(tmp_path: Path, dns_names: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and `dns_names`, e.g. upstream.test behind an outbound proxy)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -34,7 +36,12 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), *(x509.DNSName(name) for name in dns_names)]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
