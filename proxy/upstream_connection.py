@@ -3,7 +3,6 @@ fed to an UpstreamResponse (proxy/upstream_response.py) as it arrives, reading p
 holds too much, the request body streamed beside it. proxy/upstream.py pools these connections and
 sends requests over them."""
 
-
 from __future__ import annotations
 
 import asyncio
