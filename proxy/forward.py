@@ -29,7 +29,8 @@ from proxy.observe import Exchange, Observer, ProxyMetrics, explain_refusal, log
 from proxy.rejection import token_rejection
 from proxy.signing import Credentials, SignedRequest, amz_date_now, sign
 from proxy.upstream import (
-    ConnectFailed, ConnectTimeout, Origin, TLSFailed, UpstreamClient, UpstreamError, UpstreamResponse,
+    ConnectFailed, ConnectTimeout, Origin, OutboundProxyRefused, TLSFailed, UpstreamClient, UpstreamError,
+    UpstreamResponse,
 )
 
 log = logging.getLogger("sigv4_proxy")
@@ -270,6 +271,8 @@ class Forwarder:
             raise ProxyError(504, "upstream timeout", f"cannot connect to {origin}: {exc} (--connect-timeout)") from None
         except TLSFailed as exc:
             raise ProxyError(502, "upstream TLS error", f"{origin}: {exc}") from None
+        except OutboundProxyRefused as exc:
+            raise ProxyError(502, "outbound proxy refused", f"{origin} was not reached: {exc}") from None
         except ConnectFailed as exc:
             raise ProxyError(502, "upstream unreachable", f"cannot connect to {origin}: {exc}") from None
         except UpstreamError as exc:

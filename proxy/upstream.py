@@ -62,6 +62,11 @@ class TLSFailed(ConnectFailed):
         return cls(reason)
 
 
+class OutboundProxyRefused(ConnectFailed):
+    """The outbound proxy would not carry the request: it refused the CONNECT, or answered a
+    request in absolute form with 407 (RFC 9110 15.5.8: only a proxy sends that)."""
+
+
 class ConnectTimeout(ConnectFailed):
     """No connection within the connect timeout."""
 
@@ -162,7 +167,23 @@ class UpstreamClient:
             head = request_head(method, pool.absolute + target, origin.host_header, headers, body_size, pool.via.authorization)
         if isinstance(body, bytes):
             head += body
-        deadline = time.monotonic() + timeout
+        response = await self._send(origin, pool, method, head, body, time.monotonic() + timeout)
+        if response.status == 407 and pool.absolute is not None:
+            # The proxy's own refusal (its credentials), which the upstream never saw: passed on,
+            # a client would take it for the upstream's answer, and a browser refuses it outright.
+            response.close()
+            raise OutboundProxyRefused(f"the outbound proxy {pool.via} refused the request: 407 {response.reason}")
+        return response
+
+    async def _send(
+        self,
+        origin: Origin,
+        pool: Pool,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncGenerator[bytes, None] | None,
+        deadline: float,
+    ) -> UpstreamResponse:
         connection = self._pooled(pool.idle)
         if connection is not None:
             try:
@@ -290,7 +311,7 @@ async def _tunnel(loop: asyncio.AbstractEventLoop, sock: socket.socket, request:
     if match is None:
         raise ConnectFailed(f"the outbound proxy {via} did not answer CONNECT in HTTP/1.1: {_printable(status_line)}")
     if not match.group(1).startswith(b"2"):
-        raise ConnectFailed(f"the outbound proxy {via} refused CONNECT: {_printable(status_line[9:])}")
+        raise OutboundProxyRefused(f"the outbound proxy {via} refused CONNECT: {_printable(status_line[9:])}")
     if end + 4 < len(head):
         # The upstream speaks only after our TLS hello: whatever came first is not from it.
         raise ConnectFailed(f"the outbound proxy {via} sent bytes after agreeing to CONNECT")

@@ -199,8 +199,8 @@ async def test_a_refused_connect_is_a_502_naming_the_proxy_and_its_answer(
             assert resp.status == 502
             body = await resp.json()
     assert body == {
-        "error": "upstream unreachable",
-        "detail": f"cannot connect to {origin}: the outbound proxy {outbound.address} refused CONNECT: {status}",
+        "error": "outbound proxy refused",
+        "detail": f"{origin} was not reached: the outbound proxy {outbound.address} refused CONNECT: {status}",
     }
     assert upstream.connections == 0
     for text in (str(body), caplog.text):
@@ -291,6 +291,31 @@ async def test_http_goes_in_absolute_form_with_the_host_header_unchanged(
     assert upstream.requests[0].header("Host") == target
 
 
+@pytest.mark.parametrize("userinfo", ["", "corp%5Calice:wrong-s3cret"], ids=["no credentials", "wrong credentials"])
+async def test_a_407_to_a_request_in_absolute_form_is_the_proxys_refusal_not_the_upstreams_answer(
+    serve: Serve, forward_proxy: StartForwardProxy, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, client: aiohttp.ClientSession, userinfo: str,
+) -> None:
+    upstream = await serve(answering(OK))
+    outbound = await forward_proxy(credentials=(USER, PASSWORD))
+    monkeypatch.setenv("HTTP_PROXY", outbound.url(userinfo))
+    caplog.set_level(logging.DEBUG)
+    origin = f"http://upstream.test:{upstream.port}"
+    async with proxy_to(origin) as running:
+        for _ in range(2):  # and the refused connection is not reused as if it were fine
+            async with client.get(f"http://127.0.0.1:{running.port}/items") as resp:
+                assert resp.status == 502
+                body = await resp.json()
+            assert body == {
+                "error": "outbound proxy refused",
+                "detail": f"{origin} was not reached: the outbound proxy {outbound.address} refused the request: "
+                          "407 Proxy Authentication Required",
+            }
+    assert upstream.connections == 0
+    for text in (str(body), caplog.text):
+        assert "s3cret" not in text and "alice" not in text
+
+
 async def test_http_default_port_stays_out_of_the_absolute_form(serve: Serve, forward_proxy: StartForwardProxy) -> None:
     """A proxy sends the target's authority as Host (RFC 9112 3.2.2): it must be the Host header
     the request carries, so `http://upstream.test/`, not `http://upstream.test:80/`."""
@@ -336,6 +361,19 @@ async def test_check_goes_through_the_proxy_and_says_so(
     assert code == 0, output
     assert f"via outbound proxy {outbound.address} (signing host" in output
     assert len(outbound.request_lines) == 2  # the clock's HEAD and the probe
+
+
+async def test_check_fails_when_the_proxy_refuses_the_probe(
+    stack: Stack, forward_proxy: StartForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound = await forward_proxy(credentials=(USER, PASSWORD))
+    monkeypatch.setenv("HTTP_PROXY", outbound.url("corp%5Calice:wrong-s3cret"))
+    lines: list[str] = []
+    settings = Settings(upstream=f"http://upstream.test:{stack.cloudfront_url.port}", sign_host=SIGN_HOST)
+    code = await run_check(settings, "/prod/items", lambda _r: StaticCredentialSource(CREDENTIALS), lines.append)
+    output = "\n".join(lines)
+    assert code == 1, output
+    assert "FAILED: the probe never reached AWS: outbound proxy refused:" in output and "s3cret" not in output
 
 
 # -- Who goes direct ------------------------------------------------------------------------------
