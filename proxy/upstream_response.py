@@ -138,10 +138,7 @@ class UpstreamResponse:
     # Called by the connection.
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > HIGH_WATER and self._connection is not None:
-            self._connection.pause_reading()
-        self._wake()
+        self._hold(len(data))
 
     def _room(self, body_left: int) -> memoryview:
         """Where the next read of the body goes: at most `body_left` bytes of a response buffer."""
@@ -157,12 +154,16 @@ class UpstreamResponse:
         self._offset = end
         if self._tail_start >= 0:  # the last queued view ends where this read begins: extend it
             self._chunks[-1] = self._arena_view[self._tail_start : end]
-            self._buffered += nbytes
-            if self._buffered > HIGH_WATER and self._connection is not None:
-                self._connection.pause_reading()
         else:
-            self._feed(self._arena_view[start:end])  # type: ignore[arg-type]
+            self._chunks.append(self._arena_view[start:end])
             self._tail_start = start
+        self._hold(nbytes)
+
+    def _hold(self, nbytes: int) -> None:
+        """`nbytes` more are queued: pause the upstream past HIGH_WATER, wake the reader."""
+        self._buffered += nbytes
+        if self._buffered > HIGH_WATER and self._connection is not None:
+            self._connection.pause_reading()
         self._wake()
 
     def _finish(self) -> None:
