@@ -167,27 +167,12 @@ class UpstreamClient:
             head = request_head(method, pool.absolute + target, origin.host_header, headers, body_size, pool.via.authorization)
         if isinstance(body, bytes):
             head += body
-        response = await self._send(origin, pool, method, head, body, time.monotonic() + timeout)
-        if response.status == 407 and pool.absolute is not None:
-            # The proxy's own refusal (its credentials), which the upstream never saw: passed on,
-            # a client would take it for the upstream's answer, and a browser refuses it outright.
-            response.close()
-            raise OutboundProxyRefused(f"the outbound proxy {pool.via} refused the request: 407 {response.reason}")
-        return response
-
-    async def _send(
-        self,
-        origin: Origin,
-        pool: Pool,
-        method: str,
-        head: bytes,
-        body: bytes | AsyncGenerator[bytes, None] | None,
-        deadline: float,
-    ) -> UpstreamResponse:
+        deadline = time.monotonic() + timeout
+        response = None
         connection = self._pooled(pool.idle)
         if connection is not None:
             try:
-                return await self._exchange(connection, method, head, body, deadline)
+                response = await self._exchange(connection, method, head, body, deadline)
             except ConnectionClosed:
                 # The upstream closed an idle connection just as we used it (RFC 9112 9.3.1): if
                 # nothing came back and the method allows it, the request goes again on a new one.
@@ -195,8 +180,15 @@ class UpstreamClient:
                 replayable = body is None or isinstance(body, bytes)
                 if connection.answered or method not in IDEMPOTENT or not replayable:
                     raise
-        connection = await self._connect(origin, pool, deadline)
-        return await self._exchange(connection, method, head, body, deadline)
+        if response is None:
+            connection = await self._connect(origin, pool, deadline)
+            response = await self._exchange(connection, method, head, body, deadline)
+        if response.status == 407 and pool.absolute is not None:
+            # The proxy's own refusal (its credentials), which the upstream never saw: passed on,
+            # a client would take it for the upstream's answer, and a browser refuses it outright.
+            response.close()
+            raise OutboundProxyRefused(f"the outbound proxy {pool.via} refused the request: 407 {response.reason}")
+        return response
 
     def _pooled(self, idle: list[UpstreamConnection]) -> UpstreamConnection | None:
         if not idle:
