@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 from yarl import URL
 
+from raw_upstream import close_server
+
 
 @dataclass
 class ForwardProxy:
@@ -53,11 +55,7 @@ class ForwardProxy:
 
     async def close(self) -> None:
         assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        await close_server(self._server, self._tasks)
 
     def _resolve(self, host: str) -> str | None:
         if host in self.hosts:

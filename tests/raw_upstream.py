@@ -142,11 +142,16 @@ class RawUpstream:
 
     async def close(self) -> None:
         assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        await close_server(self._server, self._tasks)
+
+
+async def close_server(server: asyncio.Server, tasks: set[asyncio.Task[None]]) -> None:
+    """Stop accepting, cancel the connections' scripts still running, wait until all is closed."""
+    server.close()
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await server.wait_closed()
 
 
 Answer = bytes | tuple[bytes, ...]  # a tuple: pieces sent in separate writes, 20 ms apart
